@@ -1,0 +1,9 @@
+"""The one exception type for bad user input.
+
+Library code raises `UserError` with a message that names the bad value and how to fix it; every CLI turns it into
+one line on stderr and exit status 2 (see `pyserini_ssm.cli.run_main`). Internal invariants use `assert` instead.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user (a path, a name, a malformed line). The message is shown to them as is."""

@@ -1,0 +1,435 @@
+"""Lucene through Pyserini: build an index, BM25 batch search, fetch stored document texts.
+
+Every function here may start the JVM (once per process); `ensure_java()` runs first so that the right Java is used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+from pyserini_ssm.errors import UserError
+from pyserini_ssm.java import ensure_java
+from pyserini_ssm.runs import Hit
+
+log = logging.getLogger(__name__)
+
+BEIR_FLAT = "BeirFlatCollection"
+JSON_COLLECTION = "JsonCollection"
+_DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+def _java_classes():
+    """Anserini classes used here (imports pyserini, starting the JVM on first use)."""
+    ensure_java()
+    from pyserini.pyclass import autoclass  # noqa: F401  (configures the classpath, starts the JVM)
+
+    return autoclass
+
+
+# ---------------------------------------------------------------------------------------------- topics and qrels
+
+
+def pyserini_topics(name: str) -> dict[str, str]:
+    """Topics by Pyserini name through Pyserini itself (downloads them: needs internet). qid -> title text."""
+    ensure_java()
+    from pyserini.search import get_topics
+
+    topics = get_topics(name)
+    result: dict[str, str] = {}
+    for qid, fields in topics.items():
+        query = fields.get("title") or fields.get("query") or ""
+        result[str(qid)] = str(query)
+    return result
+
+
+def pyserini_qrels_file(name: str) -> str:
+    """Path of a qrels file by Pyserini name (downloaded by Pyserini into its cache: needs internet)."""
+    ensure_java()
+    from pyserini.search import get_qrels_file
+
+    path = get_qrels_file(name)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise UserError(f"qrels {name!r}: Pyserini returned an empty or missing file {path} (download failed?)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- indexing
+
+
+def _open_bytes(path: Path):
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")
+
+
+def _first_record(path: Path) -> dict | None:
+    """The first JSON document of a JSON-lines file (or of a file holding a JSON list), None if not JSON."""
+    try:
+        with _open_bytes(path) as handle:
+            head = handle.read(1 << 16)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+        return None
+    text = head.lstrip()
+    if text.startswith("["):
+        text = text[1:].lstrip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        first_line = text.split("\n", 1)[0]
+        try:
+            record = json.loads(first_line)
+        except ValueError:
+            return None
+    return record if isinstance(record, dict) else None
+
+
+def collection_of_record(record: Mapping) -> str | None:
+    """BEIR (`_id`, `title`, `text`) -> BeirFlatCollection; Pyserini JSON (`id`, `contents`) -> JsonCollection."""
+    if "_id" in record and "text" in record:
+        return BEIR_FLAT
+    if "id" in record and "contents" in record:
+        return JSON_COLLECTION
+    return None
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_DATA_SUFFIXES))
+
+
+def detect_collection(input_path: str | os.PathLike) -> tuple[str, list[Path]]:
+    """(Anserini collection class, files to index) for a BEIR corpus, JsonCollection files, or a folder of either.
+
+    The format comes from the first record of each file, never from the file name. A BEIR dataset folder (with
+    `corpus.jsonl[.gz]` beside queries and qrels) indexes only its corpus, as BEIR's layout defines.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise UserError(f"input not found: {path}")
+    if path.is_file():
+        files = [path]
+    else:
+        beir_corpus = [path / name for name in ("corpus.jsonl", "corpus.jsonl.gz") if (path / name).is_file()]
+        files = beir_corpus[:1] or _data_files(path)
+        if not files:
+            raise UserError(f"{path}: no .json/.jsonl[.gz] files to index (give --collection for other formats)")
+    kinds = {}
+    for file in files:
+        record = _first_record(file)
+        kind = collection_of_record(record) if record is not None else None
+        if kind is None:
+            found = sorted(record)[:6] if record is not None else "no JSON object"
+            raise UserError(
+                f"{file}: cannot tell the corpus format from its first record ({found}); expected BEIR "
+                "'_id','title','text' or Pyserini JsonCollection 'id','contents' (or pass --collection NAME)"
+            )
+        if kind == BEIR_FLAT and "title" not in record:
+            raise UserError(f"{file}: a BEIR corpus record needs a 'title' field (it may be empty)")
+        kinds[file] = kind
+    if len(set(kinds.values())) > 1:
+        raise UserError(f"{path}: mixes BEIR and JsonCollection files; index them separately")
+    return next(iter(kinds.values())), files
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    index_dir: str
+    collection: str
+    indexed: int
+    empty: int
+    skipped: int
+    errors: int
+
+
+def build_index(
+    input_path: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    collection: str | None = None,
+    threads: int = 1,
+    *,
+    extra_args: Iterable[str] = (),
+) -> IndexStats:
+    """Build a Lucene index (positions, docvectors, raw documents stored) with Anserini's IndexCollection.
+
+    `collection=None` detects BEIR (indexed as BeirFlatCollection: title and text together, like Pyserini's
+    "flat" BEIR indexes) or JsonCollection from the data; any other Anserini collection class can be named.
+    The index is built in a temporary folder beside `index_dir` and renamed into place when complete.
+    """
+    index_dir = Path(index_dir)
+    parent = index_dir.parent if str(index_dir.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"index parent folder does not exist: {parent} (create it first)")
+    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())):
+        raise UserError(f"index folder already exists and is not empty: {index_dir} (remove it or choose another)")
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    source = Path(input_path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=parent))
+    try:
+        if collection is None:
+            collection, files = detect_collection(source)
+            # Anserini reads every file of its input folder: link the chosen files into a folder of their own.
+            input_folder = staging / "input"
+            input_folder.mkdir()
+            for number, file in enumerate(files):
+                (input_folder / f"{number:05d}-{file.name}").symlink_to(file.resolve())
+        else:
+            if not source.exists():
+                raise UserError(f"input not found: {source}")
+            input_folder = source
+        building = staging / "index"
+        stats = _run_index_collection(collection, input_folder, building, threads, list(extra_args))
+        if stats.indexed == 0:
+            raise UserError(
+                f"no documents were indexed from {source} as {collection} "
+                f"(empty {stats.empty}, skipped {stats.skipped}, errors {stats.errors}); check the input format"
+            )
+        if index_dir.exists():
+            index_dir.rmdir()
+        os.replace(building, index_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return IndexStats(str(index_dir), collection, stats.indexed, stats.empty, stats.skipped, stats.errors)
+
+
+def _run_index_collection(collection: str, input_folder: Path, index_dir: Path, threads: int, extra: list[str]):
+    autoclass = _java_classes()
+    from jnius import JavaException
+
+    args = autoclass("io.anserini.index.IndexCollection$Args")()
+    parser = autoclass("org.kohsuke.args4j.CmdLineParser")(args)
+    argv = [
+        "-collection", collection,
+        "-input", str(input_folder),
+        "-index", str(index_dir),
+        "-generator", "DefaultLuceneDocumentGenerator",
+        "-threads", str(threads),
+        "-storePositions", "-storeDocvectors", "-storeRaw",
+        "-quiet",
+    ] + extra  # fmt: skip
+    java_argv = autoclass("java.util.ArrayList")()
+    for arg in argv:
+        java_argv.add(arg)
+    try:
+        parser.parseArgument(java_argv)
+        indexer = autoclass("io.anserini.index.IndexCollection")(args)
+        indexer.run()
+    except JavaException as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"Anserini could not index {input_folder} as {collection}: {message}") from None
+    counters = indexer.getCounters()
+    return IndexStats(
+        str(index_dir),
+        collection,
+        int(counters.indexed.get()),
+        int(counters.empty.get()),
+        int(counters.skipped.get()),
+        int(counters.errors.get()),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ search
+
+
+def _is_lucene_index(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.startswith("segments_") for p in folder.iterdir())
+
+
+@dataclass
+class LuceneSearcher:
+    """A Lucene index opened for BM25 search and document fetch: Anserini's SimpleSearcher, used directly.
+
+    Pyserini's own `pyserini.search.lucene.LuceneSearcher` wraps the same Java class, but importing that module
+    pulls in torch, transformers and scikit-learn (about 9 s of CPU on 2 cores); this one needs only the JVM.
+    `java` is the `io.anserini.search.SimpleSearcher` (methods `batch_search`, `doc_raw`, `doc_contents`, ...).
+    """
+
+    java: object
+    index_dir: str
+    prebuilt_name: str | None = None
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.java.get_total_num_docs())
+
+    def set_bm25(self, k1: float, b: float) -> None:
+        self.java.set_bm25(float(k1), float(b))
+
+    def batch_search(self, queries: list[str], qids: list[str], k: int, threads: int) -> dict[str, list[Hit]]:
+        """qid -> hits (Anserini's order and scores: score descending, ties by docid) for a batch of queries."""
+        autoclass = _java_classes()
+        array_list = autoclass("java.util.ArrayList")
+        java_queries, java_qids = array_list(), array_list()
+        for query, qid in zip(queries, qids):
+            java_queries.add(query)
+            java_qids.add(qid)
+        results = self.java.batch_search(java_queries, java_qids, int(k), int(threads))
+        return {qid: [Hit(scored.docid, scored.score) for scored in results.get(qid) or ()] for qid in qids}
+
+    def close(self) -> None:
+        self.java.close()
+
+
+def _simple_searcher(index_dir: str, prebuilt_name: str | None = None) -> LuceneSearcher:
+    autoclass = _java_classes()
+    from jnius import JavaException
+
+    try:
+        java = autoclass("io.anserini.search.SimpleSearcher")(index_dir)
+    except JavaException as error:
+        raise UserError(f"cannot open the Lucene index {index_dir}: {str(error).splitlines()[0]}") from None
+    return LuceneSearcher(java=java, index_dir=index_dir, prebuilt_name=prebuilt_name)
+
+
+def open_searcher(index: str | os.PathLike) -> LuceneSearcher:
+    """A searcher for a local index folder or a Pyserini prebuilt index name (downloaded by Pyserini when online)."""
+    path = Path(index)
+    if path.exists():
+        if not _is_lucene_index(path):
+            raise UserError(f"{path} is not a Lucene index (no segments_* file); build one with pyserini_ssm.index")
+        return _simple_searcher(str(path))
+    name = str(index)
+    if "/" in name or os.sep in name:
+        raise UserError(f"index folder not found: {path}")
+    ensure_java()
+    from pyserini.prebuilt_index_info import IMPACT_INDEX_INFO, TF_INDEX_INFO
+    from pyserini.util import download_prebuilt_index
+
+    if name not in TF_INDEX_INFO and name not in IMPACT_INDEX_INFO:
+        raise UserError(
+            f"index not found: {name!r} is neither a folder nor a Pyserini prebuilt index name "
+            "(e.g. msmarco-v1-passage, beir-v1.0.0-scifact.flat)"
+        )
+    try:
+        index_dir = download_prebuilt_index(name, verbose=False)
+    except Exception as error:  # noqa: BLE001  (ValueError when every URL fails; OSError, tarfile errors, ...)
+        index_dir = None
+        log.debug("download_prebuilt_index(%s) failed: %r", name, error)
+    if not index_dir or not _is_lucene_index(Path(index_dir)):
+        raise UserError(
+            f"prebuilt index {name!r} could not be had: Pyserini could not download it (this needs internet); "
+            "build a local index with pyserini_ssm.index and pass its folder to --index"
+        )
+    return _simple_searcher(str(index_dir), prebuilt_name=name)
+
+
+def iter_bm25_batches(
+    searcher: LuceneSearcher,
+    topics: Mapping[str, str],
+    *,
+    hits: int = 1000,
+    k1: float = 0.9,
+    b: float = 0.4,
+    threads: int | None = None,
+    batch_size: int = 128,
+    remove_query: bool = False,
+) -> Iterator[list[tuple[str, list[Hit]]]]:
+    """`bm25_search` one batch of queries at a time ([(qid, hits), ...] in topics order), to write as it goes."""
+    if hits < 1:
+        raise UserError(f"--hits must be >= 1, got {hits}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    threads = threads or os.cpu_count() or 1
+    searcher.set_bm25(float(k1), float(b))
+    qids = [str(qid) for qid in topics]
+    queries = list(topics.values())
+    for start in range(0, len(qids), batch_size):
+        batch_qids = qids[start : start + batch_size]
+        batch = searcher.batch_search(queries[start : start + batch_size], batch_qids, hits, threads)
+        ranked_batch = []
+        for qid in batch_qids:
+            ranked = batch[qid]
+            if remove_query:
+                ranked = [hit for hit in ranked if hit.docid != qid]
+            ranked_batch.append((qid, ranked))
+        yield ranked_batch
+
+
+def bm25_search(
+    searcher: LuceneSearcher,
+    topics: Mapping[str, str],
+    *,
+    hits: int = 1000,
+    k1: float = 0.9,
+    b: float = 0.4,
+    threads: int | None = None,
+    batch_size: int = 128,
+    remove_query: bool = False,
+) -> dict[str, list[Hit]]:
+    """BM25 top-`hits` per query (qid -> hits, best first, queries in topics order) with Lucene batch search.
+
+    `threads` defaults to the number of CPU cores. `remove_query` drops a hit whose docid equals the query id, as
+    Pyserini/Anserini do for BEIR (such a query then keeps `hits - 1` documents, as theirs does).
+    """
+    results: dict[str, list[Hit]] = {}
+    for batch in iter_bm25_batches(
+        searcher, topics, hits=hits, k1=k1, b=b, threads=threads, batch_size=batch_size, remove_query=remove_query
+    ):
+        results.update(batch)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- document texts
+
+
+def document_text(raw: str) -> str:
+    """Reranking text of a stored raw document: BEIR `title text`, JsonCollection `contents`, else the raw text."""
+    stripped = raw.lstrip()
+    if stripped.startswith("{"):
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return raw
+        if isinstance(record, dict):
+            if "contents" in record and isinstance(record["contents"], str):
+                return record["contents"]
+            if "text" in record and isinstance(record["text"], str):
+                title = record.get("title")
+                title = title if isinstance(title, str) else ""
+                return f"{title} {record['text']}" if title else record["text"]
+    return raw
+
+
+def fetch_texts(
+    searcher: LuceneSearcher,
+    docids: Iterable[str],
+    *,
+    skip_missing: bool = False,
+) -> dict[str, str]:
+    """docid -> reranking text, from the raw documents stored in the index (see `document_text`).
+
+    One JNI call per document (`doc_raw`), measured faster than Pyserini's `doc()` wrapper and than
+    `batch_get_docs` (see docs/FIRST_STAGE.md). A docid missing from the index is a UserError, or a warning
+    and no entry with `skip_missing`.
+    """
+    java_searcher = searcher.java
+    texts: dict[str, str] = {}
+    missing: list[str] = []
+    for docid in dict.fromkeys(str(d) for d in docids):
+        raw = java_searcher.doc_raw(docid)
+        if raw is None:  # not in the index, or indexed without -storeRaw
+            contents = java_searcher.doc_contents(docid)
+            if contents is None:
+                missing.append(docid)
+            else:
+                texts[docid] = contents
+            continue
+        texts[docid] = document_text(raw)
+    if missing:
+        sample = ", ".join(repr(d) for d in missing[:5])
+        if not skip_missing:
+            raise UserError(
+                f"{len(missing)} document(s) not found in the index, e.g. {sample}: is the run from this index?"
+            )
+        log.warning("%d document(s) not found in the index and skipped, e.g. %s", len(missing), sample)
+    return texts

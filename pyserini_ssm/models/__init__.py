@@ -1,0 +1,1 @@
+"""Reranker models: registry, templates, checkpoint formats, scoring model and the `Reranker`."""

@@ -1,0 +1,378 @@
+"""`Reranker`: one interface over every model family. Score (query, document) pairs; rerank first-stage hits.
+
+    reranker = Reranker.from_pretrained("mamba2-780m")            # or a checkpoint folder
+    scores = reranker.predict([("what is a cat", "A cat is ..."), ...])
+    hits = reranker.rerank("what is a cat", pyserini_hits, depth=100)
+
+Inside `predict`: pairs are tokenized in chunks on a background thread (each query once, documents in one batched
+call) while the previous chunk is scored; each chunk is cut into length-sorted batches (or, for Mamba-2 on the
+mamba-ssm kernels, packed rows without padding); scores go back to input order. A CUDA out-of-memory error halves the
+batch and carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from pyserini_ssm.errors import UserError
+from pyserini_ssm.models.checkpoints import (
+    LoadedCheckpoint, load_checkpoint, pad_token_id, write_reranker_dir,
+)
+from pyserini_ssm.models.registry import ModelSpec
+from pyserini_ssm.models.scoring import MAMBA_FAMILIES, ScoringModel, output_hidden_size
+from pyserini_ssm.models.templates import PairEncoder, get_template
+from pyserini_ssm.ops.batching import length_sorted_batches, pack_batch, pack_sequences, pad_batch, scatter_scores
+from pyserini_ssm.runs import Hit
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {value: key for key, value in DTYPES.items()}
+UNTRAINED_WARNING = ("{name}: the checkpoint has no trained score head; its scores are untrained (random head). "
+                     "Fine-tune it with `python -m pyserini_ssm.train` or load a fine-tuned reranker")
+# Pairs tokenized per chunk: large enough for length sorting to pay off, small enough to overlap with scoring.
+TOKENIZE_CHUNK = 8192
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for, but CUDA is not available here (use --device cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPE_NAMES:
+            raise UserError(f"unsupported dtype {dtype} (use bf16, fp16 or fp32)")
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r} (use bf16, fp16 or fp32)")
+    return DTYPES[dtype]
+
+
+def hit_fields(hit: Any) -> tuple[str, float, str | None]:
+    """(docid, score, text) of a runs.Hit, a Pyserini search result, or a dict with docid/content|text/score."""
+    if isinstance(hit, dict):
+        if "docid" not in hit:
+            raise UserError(f"a candidate has no docid: {str(hit)[:100]}")
+        text = next((hit[key] for key in ("content", "contents", "text") if hit.get(key) is not None), None)
+        return str(hit["docid"]), float(hit.get("score", 0.0)), text
+    docid = getattr(hit, "docid", None)
+    if docid is None:
+        raise UserError(f"cannot rerank a {type(hit).__name__}: it has no docid")
+    score = float(getattr(hit, "score", 0.0))
+    text = getattr(hit, "text", None)
+    if not text:
+        text = getattr(hit, "contents", None)  # Pyserini: the stored contents field, empty when not stored
+    if not text:
+        raw = getattr(hit, "raw", None)
+        if raw is None:
+            document = getattr(hit, "lucene_document", None)
+            if document is not None:
+                raw = document.get("raw")
+                if raw is None:
+                    raw = document.get("contents")
+        text = _text_of_raw(raw) if raw is not None else None
+    return str(docid), score, text
+
+
+def _text_of_raw(raw: str) -> str:
+    """Pyserini stores JSON documents raw: {"id", "contents"} (or title + text); plain text stays as it is."""
+    stripped = raw.lstrip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+        if isinstance(data, dict):
+            if "contents" in data:
+                return str(data["contents"])
+            if "text" in data:
+                return " ".join(str(part) for part in (data.get("title"), data["text"]) if part)
+    return raw
+
+
+class Reranker:
+    """A cross-encoder reranker of any family: `predict(pairs)` scores, `rerank(query, hits)` reorders."""
+
+    def __init__(self, spec: ModelSpec, model: ScoringModel, tokenizer: Any, *, device: torch.device,
+                 dtype: torch.dtype, head_trained: bool, max_length: int | None = None,
+                 use_token_types: bool | None = None) -> None:
+        self.spec = spec
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.head_trained = head_trained
+        self.max_length = int(max_length or spec.max_length)
+        self.encoder = PairEncoder(tokenizer, get_template(spec.template), self.max_length,
+                                   use_token_types=use_token_types)
+        self.pad_id = pad_token_id(tokenizer)
+        backbone = model.backbone
+        # Packing needs mamba-ssm's seq_idx support: Mamba-2 on the kernel backend.
+        self.pack = bool(getattr(backbone, "supports_packing", False)) and getattr(backbone, "backend", "") == "cuda"
+        self._warned_untrained = False
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Construction
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, max_length: int | None = None,
+                        backend: str = "auto", tokenizer: Any = None) -> "Reranker":
+        """Load a registry name or a checkpoint folder (any format of `models.checkpoints`).
+
+        dtype: bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU). backend: auto, torch or cuda — how Mamba
+        models run (mamba-ssm kernels or transformers' torch code); transformers models only run as `auto`/`torch`.
+        """
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        if backend not in ("auto", "torch", "cuda"):
+            raise UserError(f"unknown backend {backend!r} (use auto, torch or cuda)")
+        if max_length is not None and int(max_length) < 2:
+            raise UserError(f"max length must be at least 2 tokens, not {max_length}")
+        if isinstance(tokenizer, str):
+            from pyserini_ssm.models.checkpoints import load_tokenizer
+
+            tokenizer = load_tokenizer(tokenizer)
+        loaded = load_checkpoint(name_or_path, dtype=resolved_dtype, tokenizer=tokenizer)
+        return cls.from_loaded(loaded, device=resolved_device, dtype=resolved_dtype, max_length=max_length,
+                               backend=backend)
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedCheckpoint, *, device: torch.device, dtype: torch.dtype,
+                    max_length: int | None = None, backend: str = "auto") -> "Reranker":
+        spec = loaded.spec
+        if spec.family not in MAMBA_FAMILIES and backend == "cuda":
+            raise UserError(f"backend 'cuda' selects the mamba-ssm kernels, but {spec.name} is a {spec.family} "
+                            f"transformer (use backend auto or torch)")
+        template = get_template(spec.template)
+        tokenizer = loaded.tokenizer
+        added = [token for token in template.added_tokens if token not in tokenizer.get_vocab()]
+        if added:
+            tokenizer.add_tokens(added)
+        backbone_hf = loaded.backbone
+        config = backbone_hf.config
+        embeddings = backbone_hf.get_input_embeddings()
+        if len(tokenizer) > embeddings.num_embeddings:
+            if spec.family in MAMBA_FAMILIES:
+                raise UserError(f"{loaded.path}: the tokenizer has {len(tokenizer)} tokens, the model's embeddings "
+                                f"{embeddings.num_embeddings}")
+            backbone_hf.resize_token_embeddings(len(tokenizer))
+            logger.warning("%s: grew the embeddings to %d tokens for the template's markers %s (new rows are "
+                           "untrained)", spec.name, len(tokenizer), added)
+        if max_length is not None:
+            spec = replace(spec, max_length=int(max_length))
+        positions = getattr(config, "max_position_embeddings", None)
+        if spec.family in ("encoder", "decoder") and positions is not None:
+            offset = (getattr(config, "pad_token_id", 0) or 0) + 1 if config.model_type in ("roberta",
+                                                                                            "xlm-roberta") else 0
+            if spec.max_length > positions - offset:
+                raise UserError(f"max length {spec.max_length} exceeds what {spec.name} can encode "
+                                f"({positions - offset} positions); lower --max-length")
+        if spec.family in MAMBA_FAMILIES:
+            from pyserini_ssm.models.mamba import build_mamba_backbone
+
+            backbone = build_mamba_backbone(backbone_hf, backend=backend, device=device)
+            hidden_size = int(config.hidden_size)
+        else:
+            backbone = backbone_hf
+            hidden_size = output_hidden_size(config)
+        model = ScoringModel(backbone, spec.family, spec.pooling, hidden_size, backbone_config=config)
+        if loaded.head_state is not None:
+            head = loaded.head_state
+            if tuple(head["weight"].shape) != (1, hidden_size):
+                raise UserError(f"{loaded.path}: head weight has shape {tuple(head['weight'].shape)}, the backbone "
+                                f"needs (1, {hidden_size})")
+            model.head.load_state_dict({"weight": head["weight"], "bias": head["bias"].reshape(1)})
+        else:
+            init_untrained_head(model.head)
+        model = model.to(device=device, dtype=dtype).eval()
+        # The head stays fp32: a bf16 logit has ~3 significant digits, enough to create ties that reorder a ranking.
+        model.head.float()
+        use_token_types = None
+        if spec.family == "encoder":
+            use_token_types = int(getattr(config, "type_vocab_size", 0) or 0) > 1
+        reranker = cls(spec, model, tokenizer, device=device, dtype=dtype,
+                       head_trained=loaded.head_trained, use_token_types=use_token_types)
+        if not reranker.head_trained:
+            reranker._warn_untrained()
+        return reranker
+
+    def _warn_untrained(self) -> None:
+        if not self._warned_untrained:
+            warnings.warn(UNTRAINED_WARNING.format(name=self.spec.name), stacklevel=3)
+            self._warned_untrained = True
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Scoring
+
+    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, show_progress: bool = False,
+                max_tokens: int | None = None) -> np.ndarray:
+        """Scores (float32, input order) of (query, document) pairs.
+
+        `batch_size` bounds the pairs per padded batch (`max_tokens`, when given, also the padded tokens); for
+        packed Mamba-2 rows the token budget is `batch_size * max_length`.
+        """
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        total = len(pairs)
+        if total == 0:
+            return np.zeros(0, dtype=np.float32)
+        if not self.head_trained:
+            self._warn_untrained()
+        progress = None
+        if show_progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=total, unit="pair", desc=f"reranking ({self.spec.name})", dynamic_ncols=True)
+        scores = np.empty(total, dtype=np.float32)
+        starts = list(range(0, total, TOKENIZE_CHUNK))
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+                pending = pool.submit(self.encoder.encode_many, pairs[starts[0]:starts[0] + TOKENIZE_CHUNK])
+                for position, start in enumerate(starts):
+                    encoded = pending.result()
+                    if position + 1 < len(starts):
+                        following = starts[position + 1]
+                        pending = pool.submit(self.encoder.encode_many, pairs[following:following + TOKENIZE_CHUNK])
+                    scores[start:start + len(encoded)] = self.score_encoded(encoded, batch_size, max_tokens,
+                                                                            progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        return scores
+
+    @torch.inference_mode()
+    def score_encoded(self, encoded: Sequence[Any], batch_size: int = 32, max_tokens: int | None = None,
+                      progress: Any = None) -> np.ndarray:
+        """Scores of already-encoded pairs, input order: length-sorted padded batches or packed rows."""
+        self.model.eval()
+        lengths = [len(item.input_ids) for item in encoded]
+        if self.pack:
+            groups = pack_sequences(lengths, max_tokens or batch_size * self.max_length)
+        else:
+            groups = length_sorted_batches(lengths, batch_size, max_tokens)
+        outputs: list[torch.Tensor] = []
+        done_groups: list[list[int]] = []
+        for group in groups:
+            for indices, values in self._score_group(encoded, group):
+                done_groups.append(indices)
+                outputs.append(values)
+            if progress is not None:
+                progress.update(len(group))
+        # One device -> host copy for the whole chunk.
+        flat = torch.cat(outputs).float().cpu()
+        sizes = [len(indices) for indices in done_groups]
+        return scatter_scores(done_groups, torch.split(flat, sizes), len(encoded))
+
+    def _score_group(self, encoded: Sequence[Any], indices: list[int]) -> Iterable[tuple[list[int], torch.Tensor]]:
+        items = [encoded[index] for index in indices]
+        try:
+            if self.pack:
+                batch = pack_batch(items, device=self.device)
+            else:
+                batch = pad_batch(items, self.pad_id, device=self.device)
+            return [(indices, self.model(batch))]
+        except torch.cuda.OutOfMemoryError:
+            if len(indices) == 1:
+                raise UserError(f"CUDA out of memory scoring one pair of {len(items[0].input_ids)} tokens; "
+                                f"lower --max-length or use a smaller model") from None
+            torch.cuda.empty_cache()
+            half = len(indices) // 2
+            logger.warning("CUDA out of memory on a batch of %d pairs: splitting it in two", len(indices))
+            return [*self._score_group(encoded, indices[:half]), *self._score_group(encoded, indices[half:])]
+
+    def rerank(self, query: str, hits: Sequence[Any], depth: int | None = None, batch_size: int = 32) -> list[Hit]:
+        """Rerank the top `depth` hits (all when None) by model score; hits below the depth keep their first-stage
+        order under the reranked ones (scores below the lowest reranked score). Ties keep first-stage order."""
+        fields = [hit_fields(hit) for hit in hits]
+        if depth is not None and depth < 0:
+            raise UserError(f"rerank depth must be >= 0, not {depth}")
+        cut = len(fields) if depth is None else min(depth, len(fields))
+        head, tail = fields[:cut], fields[cut:]
+        for docid, _, text in head:
+            if text is None:
+                raise UserError(f"document {docid} has no text to rerank (fetch texts from the index first)")
+            if not text.strip():
+                raise UserError(f"document {docid} has empty text: it cannot be reranked")
+        if not head:
+            return [Hit(docid, score, text) for docid, score, text in fields]
+        scores = self.predict([(query, text) for _, _, text in head], batch_size=batch_size)
+        order = sorted(range(len(head)), key=lambda index: (-float(scores[index]), index))
+        reranked = [Hit(head[index][0], float(scores[index]), head[index][2]) for index in order]
+        floor = float(scores.min())
+        below = [Hit(docid, floor - (rank + 1), text) for rank, (docid, _, text) in enumerate(tail)]
+        return reranked + below
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Saving
+
+    def save_pretrained(self, directory: str, head_trained: bool | None = None) -> str:
+        """Write our reranker folder (see docs/MODELS.md), atomically: a temporary folder renamed into place."""
+        backbone_hf = hf_backbone_for_saving(self.model)
+        spec = replace(self.spec, max_length=self.max_length)
+        write_reranker_dir(directory, spec=spec, backbone_hf=backbone_hf, head=self.model.head,
+                           tokenizer=self.tokenizer,
+                           head_trained=self.head_trained if head_trained is None else head_trained)
+        return str(directory)
+
+
+def init_untrained_head(head: torch.nn.Linear, seed: int = 0) -> None:
+    """A fixed small random head, so that an untrained model's scores are at least reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.02)
+        head.bias.zero_()
+
+
+def hf_backbone_for_saving(model: ScoringModel) -> Any:
+    """The backbone as a Hugging Face `PreTrainedModel` (Mamba kernel weights go back into a `MambaModel`)."""
+    backbone = model.backbone
+    if model.family not in MAMBA_FAMILIES:
+        return backbone
+    inner = getattr(backbone, "model", backbone)
+    if hasattr(inner, "save_pretrained"):
+        return inner
+    from transformers import Mamba2Model, MambaModel
+
+    config = backbone.config
+    model_class = MambaModel if config.model_type == "mamba" else Mamba2Model
+    with torch.device("meta"):
+        hf_model = model_class(config)
+    hf_model.load_state_dict({key: value.detach() for key, value in inner.state_dict().items()}, strict=True,
+                             assign=True)
+    return hf_model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def describe(reranker: Reranker) -> str:
+    return (f"{reranker.spec.name} ({reranker.spec.family}, {count_parameters(reranker.model) / 1e6:.1f}M "
+            f"parameters, {DTYPE_NAMES.get(reranker.dtype, reranker.dtype)} on {reranker.device}, "
+            f"max length {reranker.max_length}{'' if reranker.head_trained else ', untrained head'})")
+
+
+__all__ = ["Reranker", "resolve_device", "resolve_dtype", "hit_fields", "describe", "init_untrained_head",
+           "hf_backbone_for_saving"]

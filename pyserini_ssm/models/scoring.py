@@ -1,0 +1,103 @@
+"""`ScoringModel`: a backbone, pooling, dropout and a linear head giving one relevance logit per pair.
+
+Backbones: Mamba-1/Mamba-2 through `models.mamba.build_mamba_backbone` (mamba-ssm kernels on CUDA, transformers'
+torch implementation elsewhere); decoder and encoder transformers through `AutoModel` (SDPA attention by default).
+Pooling `last` reads the hidden state of the last real token (right padding, `last_index` from the batch); `cls`
+reads position 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyserini_ssm.errors import UserError
+
+MAMBA_FAMILIES = ("mamba1", "mamba2")
+
+# Encoder model types: explicit, from the checkpoint's own config (never from a name).
+ENCODER_MODEL_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2", "distilbert", "mpnet", "albert",
+    "camembert", "modernbert", "nomic_bert", "xlm", "ernie",
+})
+
+
+def output_hidden_size(config: Any) -> int:
+    """Width of the backbone's last hidden state (OPT-350m projects 1024 -> 512 after its layers)."""
+    if getattr(config, "model_type", None) == "opt":
+        return int(config.word_embed_proj_dim)
+    for key in ("hidden_size", "d_model", "dim", "n_embd"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise UserError(f"cannot tell the hidden size of a {type(config).__name__}")
+
+
+def build_transformer_backbone(config: Any, attn_implementation: str | None = "sdpa",
+                               dtype: torch.dtype | None = None) -> nn.Module:
+    """A randomly initialised `AutoModel` for a transformers config (SDPA attention where the model supports it)."""
+    from transformers import AutoModel
+
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if attn_implementation:
+        try:
+            return AutoModel.from_config(config, attn_implementation=attn_implementation, **kwargs)
+        except (ValueError, ImportError):
+            pass  # this architecture has no SDPA path (DeBERTa-v2): eager attention
+        return AutoModel.from_config(config, attn_implementation="eager", **kwargs)
+    return AutoModel.from_config(config, **kwargs)
+
+
+class ScoringModel(nn.Module):
+    """backbone -> pooled hidden state (B, D) -> dropout -> Linear(D, 1) -> scores (B,) float32."""
+
+    def __init__(self, backbone: nn.Module, family: str, pooling: str, hidden_size: int, dropout: float = 0.1,
+                 backbone_config: Any = None) -> None:
+        super().__init__()
+        if pooling not in ("last", "cls"):
+            raise UserError(f"unknown pooling {pooling!r}; expected last or cls")
+        if family in MAMBA_FAMILIES and pooling != "last":
+            raise UserError("Mamba models are causal: they need last-token pooling")
+        self.backbone = backbone
+        self.family = family
+        self.pooling = pooling
+        self.backbone_config = backbone_config
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, 1)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.head.in_features
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled hidden states (B, D) of a padded batch, or of a packed row (N sequences) when it has `seq_idx`."""
+        input_ids = batch["input_ids"]  # (B, L) or packed (1, T)
+        packed = "seq_idx" in batch
+        if self.family in MAMBA_FAMILIES:
+            # Right padding: a causal scan never lets padding reach the real tokens, so no mask is needed.
+            hidden = self.backbone(input_ids, seq_idx=batch["seq_idx"] if packed else None)  # (B, L, D)
+        else:
+            if packed:
+                raise UserError("packed batches are only supported for Mamba-2 backbones; use padded batches")
+            kwargs = {"input_ids": input_ids, "attention_mask": batch.get("attention_mask")}
+            if "token_type_ids" in batch:
+                kwargs["token_type_ids"] = batch["token_type_ids"]
+            if self.family == "decoder":
+                kwargs["use_cache"] = False  # scoring needs no key/value cache
+            hidden = self.backbone(**kwargs).last_hidden_state  # (B, L, D)
+        if self.pooling == "cls":
+            return hidden[:, 0]  # (B, D)
+        last_index = batch["last_index"]
+        if packed:
+            return hidden[0, last_index]  # (N, D)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last_index]  # (B, D)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = self.encode(batch)  # (B, D)
+        logits = self.head(self.dropout(pooled.to(self.head.weight.dtype)))  # (B, 1)
+        return logits.squeeze(-1).float()  # (B,)

@@ -1,0 +1,1 @@
+"""Pure batching functions shared by every model family: length sorting, padding, packing, scattering."""

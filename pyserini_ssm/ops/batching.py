@@ -1,0 +1,151 @@
+"""Length sorting, padding, packing and scattering scores back: pure functions shared by every model family.
+
+Padding is always on the RIGHT: a causal model (Mamba, decoder transformers) then computes the real tokens exactly as
+it would without padding, and pooling reads the hidden state at `last_index`, the last real token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Group indices into batches of similar length, longest first (an out-of-memory shows on the first batch).
+
+    A batch holds at most `max_batch_size` items and, when `max_tokens` is given, at most `max_tokens` padded tokens
+    (items x longest length); an item longer than `max_tokens` gets a batch to itself. Every index appears once.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, not {max_batch_size}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order.tolist():
+        length = int(lengths[index])
+        if current:
+            width = max(longest, length)
+            too_many = len(current) >= max_batch_size
+            too_wide = max_tokens is not None and width * (len(current) + 1) > max_tokens
+            if too_many or too_wide:
+                batches.append(current)
+                current, longest = [], 0
+        current.append(index)
+        longest = max(longest, length)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(encoded: Sequence[Any], pad_id: int, device: Any = None) -> dict[str, Any]:
+    """Right-pad encoded pairs (objects with `input_ids` and `token_type_ids`) into tensors.
+
+    Returns `input_ids` (B, L) long, `attention_mask` (B, L) long, `last_index` (B,) long (the last real token) and
+    `token_type_ids` (B, L) long when the pairs have segment ids.
+    """
+    import torch
+
+    if not encoded:
+        raise ValueError("pad_batch needs at least one sequence")
+    lengths = np.fromiter((len(item.input_ids) for item in encoded), dtype=np.int64, count=len(encoded))
+    if lengths.min() < 1:
+        raise ValueError("pad_batch got an empty sequence")
+    batch_size, width = len(encoded), int(lengths.max())
+    input_ids = np.full((batch_size, width), pad_id, dtype=np.int64)  # (B, L)
+    attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # (B, L)
+    with_types = encoded[0].token_type_ids is not None
+    token_type_ids = np.zeros((batch_size, width), dtype=np.int64) if with_types else None
+    for row, item in enumerate(encoded):
+        input_ids[row, : lengths[row]] = item.input_ids
+        if with_types:
+            token_type_ids[row, : lengths[row]] = item.token_type_ids
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "last_index": torch.from_numpy(lengths - 1),
+    }
+    if with_types:
+        batch["token_type_ids"] = torch.from_numpy(token_type_ids)
+    if device is not None:
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    return batch
+
+
+def pack_sequences(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Group indices into rows of at most `token_budget` tokens in all (longest first, next fit).
+
+    A sequence longer than the budget gets a row of its own. Every index appears once.
+    """
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1, not {token_budget}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    rows: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for index in order.tolist():
+        length = int(lengths[index])
+        if current and used + length > token_budget:
+            rows.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += length
+    if current:
+        rows.append(current)
+    return rows
+
+
+def pack_batch(encoded: Sequence[Any], token_budget: int | None = None, device: Any = None) -> dict[str, Any]:
+    """Concatenate sequences into one row without padding, for Mamba-2's `seq_idx` (and varlen attention).
+
+    Returns `input_ids` (1, T) long, `seq_idx` (1, T) int32 (which sequence each token belongs to), `cu_seqlens`
+    (N+1,) int32 (sequence starts, then T), `position_ids` (1, T) long (restarting at 0 per sequence) and
+    `last_index` (N,) long: the position in the row of each sequence's last token.
+    """
+    import torch
+
+    if not encoded:
+        raise ValueError("pack_batch needs at least one sequence")
+    lengths = np.fromiter((len(item.input_ids) for item in encoded), dtype=np.int64, count=len(encoded))
+    if lengths.min() < 1:
+        raise ValueError("pack_batch got an empty sequence")
+    total = int(lengths.sum())
+    if token_budget is not None and total > token_budget and len(encoded) > 1:
+        raise ValueError(f"{total} tokens do not fit the token budget {token_budget}")
+    cu_seqlens = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu_seqlens[1:])
+    input_ids = np.fromiter((token for item in encoded for token in item.input_ids), dtype=np.int64, count=total)
+    seq_idx = np.repeat(np.arange(len(encoded), dtype=np.int32), lengths)  # (T,)
+    position_ids = np.arange(total, dtype=np.int64) - np.repeat(cu_seqlens[:-1], lengths)  # (T,)
+    batch = {
+        "input_ids": torch.from_numpy(input_ids).unsqueeze(0),
+        "seq_idx": torch.from_numpy(seq_idx).unsqueeze(0),
+        "cu_seqlens": torch.from_numpy(cu_seqlens.astype(np.int32)),
+        "position_ids": torch.from_numpy(position_ids).unsqueeze(0),
+        "last_index": torch.from_numpy(cu_seqlens[1:] - 1),
+    }
+    if device is not None:
+        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    return batch
+
+
+def scatter_scores(batches: Sequence[Sequence[int]], batch_scores: Sequence[Any], n: int) -> np.ndarray:
+    """Put each batch's scores back at its items' input positions: a float32 array of length `n`."""
+    scores = np.full(n, np.nan, dtype=np.float32)
+    filled = np.zeros(n, dtype=bool)
+    for indices, values in zip(batches, batch_scores, strict=True):
+        values = np.asarray(values.detach().float().cpu() if hasattr(values, "detach") else values,
+                            dtype=np.float32).reshape(-1)
+        if len(values) != len(indices):
+            raise ValueError(f"a batch of {len(indices)} items got {len(values)} scores")
+        indices = np.asarray(indices, dtype=np.int64)
+        if filled[indices].any():
+            raise ValueError("an index appears in more than one batch")
+        scores[indices] = values
+        filled[indices] = True
+    if not filled.all():
+        raise ValueError(f"{int((~filled).sum())} of {n} items got no score")
+    return scores

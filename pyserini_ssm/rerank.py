@@ -1,0 +1,108 @@
+"""`python -m pyserini_ssm.rerank`: rerank BM25 candidates (or a run, or a candidates file) into a TREC run.
+
+    python -m pyserini_ssm.rerank --index msmarco-v1-passage --topics dl19-passage --model mamba2-780m
+    python -m pyserini_ssm.rerank --index INDEX --topics TOPICS --run bm25.txt --model DIR
+    python -m pyserini_ssm.rerank --candidates retrieve_results_dl19.json.gz --model DIR --qrels dl19-passage
+    torchrun --nproc-per-node 8 -m pyserini_ssm.rerank ...   (queries sharded over the GPUs, one merged run)
+
+Argument parsing only; the pipeline is `pyserini_ssm.reranking.run_rerank`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from pyserini_ssm.cli import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pyserini_ssm.rerank",
+        description="Rerank first-stage candidates with a cross-encoder (Mamba, transformer) into a TREC run. "
+        "Resumable: rerunning the same command after a crash continues from <output>.partial. "
+        "Under torchrun, queries are sharded over the processes and rank 0 writes one run.",
+    )
+    source = parser.add_argument_group("candidates (BM25 by default; or one of --run, --candidates)")
+    source.add_argument("--index", help="Lucene index folder or Pyserini prebuilt index name (BM25, document texts)")
+    source.add_argument("--topics", help="topics name (e.g. dl19-passage) or file (TSV, TREC, JSONL; .gz ok)")
+    source.add_argument("--topics-dir", help="folder holding Anserini topics/qrels files, for names offline")
+    source.add_argument("--hits", type=int, default=1000, help="BM25 hits per query (default 1000)")
+    source.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (default 0.9)")
+    source.add_argument("--b", type=float, default=0.4, help="BM25 b (default 0.4)")
+    source.add_argument("--threads", type=int, default=max(1, min(16, os.cpu_count() or 1)),
+                        help="BM25 search threads")
+    exclusive = source.add_mutually_exclusive_group()
+    exclusive.add_argument("--run", help="rerank this TREC run (texts fetched from --index, queries from --topics)")
+    exclusive.add_argument("--candidates",
+                           help='JSON list of {"query", "hits": [{"docid", "content", "qid", "score"}]} (.gz ok)')
+    source.add_argument("--skip-missing", action="store_true",
+                        help="leave out documents missing from the index or with empty text (warns) instead of "
+                        "stopping")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", required=True, help="registry name (e.g. mamba2-780m) or checkpoint folder")
+    model.add_argument("--rerank-depth", type=int, default=100,
+                       help="rerank the top N candidates; the rest keep their first-stage order below (default 100)")
+    model.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default 32)")
+    model.add_argument("--max-length", type=int, help="tokens per pair (default: the model's)")
+    model.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: the model's for the device")
+    model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun, "
+                       "each rank takes its local GPU)")
+    model.add_argument("--backend", default="auto",
+                       help="SSM implementation: auto (mamba-ssm kernels on CUDA when installed), or as the models "
+                       "module lists")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", help="run file (default: runs/run.<source>.<model>.rerank<depth>.txt)")
+    output.add_argument("--tag", help="run tag (default: the model's name)")
+    output.add_argument("--qrels", help="qrels name or file: print metrics before and after reranking "
+                        "(default: the qrels of a named --topics)")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pyserini_ssm.reranking import RerankConfig, format_metrics, run_rerank
+
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s",
+                            stream=sys.stderr)
+    config = RerankConfig(
+        model=args.model,
+        index=args.index,
+        topics=args.topics,
+        run=args.run,
+        candidates=args.candidates,
+        output=args.output,
+        hits=args.hits,
+        rerank_depth=args.rerank_depth,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        device=args.device,
+        backend=args.backend,
+        qrels=args.qrels,
+        topics_dir=args.topics_dir,
+        skip_missing=args.skip_missing,
+        tag=args.tag,
+        bm25_k1=args.k1,
+        bm25_b=args.b,
+        threads=args.threads,
+        show_progress=not args.no_progress,
+    )
+    outcome = run_rerank(config)
+    if rank == 0:
+        print(f"wrote {outcome.output} ({outcome.queries} queries, tag {outcome.tag})", file=sys.stderr)
+        if outcome.metrics:
+            print(format_metrics(outcome.metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

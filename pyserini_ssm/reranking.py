@@ -1,0 +1,855 @@
+"""The reranking pipeline: first-stage candidates in, one TREC run out, streaming, resumable and shardable.
+
+Three sources of candidates: BM25 over a Lucene index (`index` + `topics`), an existing TREC run (`run` + `topics`,
+texts fetched from `index`), or a candidates JSON file with the texts inside (`candidates`).
+
+How a run is produced (see docs/RERANKING.md):
+
+1. The inputs are read and checked; the model is loaded. Nothing is written before this succeeds.
+2. Queries are cut into *groups* of consecutive queries, planned from the candidate counts alone (a group fills about
+   one batch; with the default depth 100 >= batch size, a group is one query). A group is the unit of scoring and of
+   commit, and its composition never depends on which process scores it or on what was finished before a crash, so
+   its scores are bitwise the same in a 1-process run, a torchrun run and a resumed run.
+3. Groups are sharded across torchrun ranks by their pair count (`distributed.shard_by_cost`). Each rank streams
+   its groups: fetch texts for a window of groups, score a group, append its TREC lines to the rank's partial file
+   (flush + fsync), repeat. Memory is bounded by the fetch window and the batch, not the run.
+4. When every rank is done (barrier), rank 0 concatenates the groups in input order into the final run through an
+   atomic rename, and removes the partial files. The final run is byte-identical however the work was split.
+
+Scores: the top `depth` candidates get the model's score, rounded to the 6 decimals the run file holds (and ordered
+by that rounded score, ties by docid, as `runs.format_run_lines` writes them). The candidates below the depth keep
+their first-stage order underneath: the j-th of them (from 0) gets `lowest reranked score - (j + 1)`, so every
+tool that sorts a run by score keeps them in that order and below every reranked document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import zlib
+from dataclasses import asdict, dataclass, field
+from glob import escape as glob_escape
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+from pyserini_ssm.distributed import (
+    DistributedContext,
+    barrier,
+    device_for_rank,
+    init_from_env,
+    shard_by_cost,
+    shutdown,
+)
+from pyserini_ssm.errors import UserError
+from pyserini_ssm.files import atomic_output, check_output_path
+from pyserini_ssm.runs import Hit, format_run_lines
+
+logger = logging.getLogger(__name__)
+
+SCORE_DECIMALS = 6  # what runs.format_run_lines writes; scores are rounded to it before ordering
+PARTIAL_FORMAT = "pyserini_ssm.rerank.partial"
+PARTIAL_VERSION = 1
+DEFAULT_OUTPUT_DIR = Path("runs")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plain types
+
+
+class QueryCandidates(Protocol):
+    """What the pipeline needs of a query: `candidates.CandidateQuery` and `RerankQuery` both fit."""
+
+    qid: str
+    query: str
+    hits: list[Hit]
+
+
+@dataclass
+class RerankQuery:
+    """A query with its first-stage hits, best first (texts filled for the ones that get reranked)."""
+
+    qid: str
+    query: str
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Everything one reranking run depends on; `python -m pyserini_ssm.rerank` fills it from its flags."""
+
+    model: str
+    index: str | None = None  # Lucene index folder or Pyserini prebuilt name (BM25 search, and texts for `run`)
+    topics: str | None = None  # topics name or file (with `index` alone, or with `run`)
+    run: str | None = None  # rerank this TREC run instead of searching
+    candidates: str | None = None  # JSON list of {"query", "hits": [{"docid", "content", "qid", "score"}]}
+    output: str | None = None  # default: runs/run.<source>.<model>.rerank<depth>.txt
+    hits: int = 1000  # BM25 depth (index mode only)
+    rerank_depth: int = 100
+    batch_size: int = 32
+    max_length: int | None = None
+    dtype: str | None = None  # bf16 | fp16 | fp32; None: the model's default for the device
+    device: str | None = None
+    backend: str = "auto"
+    qrels: str | None = None
+    topics_dir: str | None = None
+    skip_missing: bool = False  # drop documents missing from the index (or with empty text) instead of failing
+    tag: str | None = None  # run tag; default: the model's name
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    threads: int = 1  # BM25 search threads
+    fetch_batch_size: int = 1000  # documents fetched from the index per call
+    show_progress: bool = True
+    metrics: tuple[str, ...] | None = None  # None: evaluation's defaults for the collection
+
+    @property
+    def source(self) -> str:
+        return "candidates" if self.candidates else "run" if self.run else "index"
+
+
+@dataclass
+class RerankOutcome:
+    """What `run_rerank` did. `metrics` (metric -> (first stage, reranked)) only on rank 0 when qrels are known."""
+
+    output: Path
+    queries: int
+    pairs_scored: int  # by this process in this invocation (resumed work excluded)
+    resumed_groups: int
+    skipped_documents: int
+    metrics: dict[str, tuple[float, float]] | None = None
+    tag: str = ""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scores
+
+
+def round_score(score: float) -> float:
+    """The score as the run file will hold it, so that ordering by it agrees with ordering by the written text."""
+    return float(f"{float(score):.{SCORE_DECIMALS}f}")
+
+
+def merge_reranked(reranked: Sequence[Hit], scores: Sequence[float], tail: Sequence[Hit]) -> list[Hit]:
+    """Final ranking of one query: `reranked` hits scored by the model, then `tail` in first-stage order below.
+
+    Reranked hits get their rounded model score, ordered (-score, docid). The j-th tail hit gets
+    `min(reranked scores) - (j + 1)` (`-(j + 1)` when nothing was reranked), so that its first-stage order survives
+    any sort by score, ties included.
+    """
+    if len(reranked) != len(scores):
+        raise ValueError(f"{len(reranked)} hits but {len(scores)} scores")
+    ranked = [Hit(hit.docid, round_score(score)) for hit, score in zip(reranked, scores)]
+    ranked.sort(key=lambda hit: (-hit.score, hit.docid))
+    floor = ranked[-1].score if ranked else 0.0
+    ranked.extend(Hit(hit.docid, round_score(floor - (offset + 1))) for offset, hit in enumerate(tail))
+    return ranked
+
+
+def _split_for_rerank(query: QueryCandidates, depth: int) -> tuple[list[Hit], list[Hit]]:
+    return list(query.hits[:depth]), list(query.hits[depth:])
+
+
+def _check_texts(query: QueryCandidates, reranked: list[Hit], skip_missing: bool,
+                 on_skip: Callable[[str, str, str], None]) -> list[Hit]:
+    """Reranked hits that have text; a hit without text is an error naming it, or dropped with `skip_missing`."""
+    kept = []
+    for hit in reranked:
+        if hit.text is None or not hit.text.strip():
+            reason = "is missing from the index" if hit.text is None else "has empty text"
+            if not skip_missing:
+                raise UserError(
+                    f"document {hit.docid!r} (query {query.qid}) {reason}: check that the candidates match the "
+                    f"collection, or pass --skip-missing to leave such documents out"
+                )
+            on_skip(query.qid, hit.docid, reason)
+            continue
+        kept.append(hit)
+    return kept
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Groups: the unit of scoring and of commit
+
+
+def plan_groups(pair_counts: Sequence[int], batch_size: int) -> list[range]:
+    """Cut queries (by index) into runs of consecutive queries holding at most `batch_size` pairs together.
+
+    A query with `batch_size` pairs or more is a group of its own. The plan depends only on the counts, so every
+    process (and every resumed run) cuts the same groups.
+    """
+    groups: list[range] = []
+    start, pairs = 0, 0
+    for index, count in enumerate(pair_counts):
+        if index > start and pairs + count > batch_size:
+            groups.append(range(start, index))
+            start, pairs = index, 0
+        pairs += count
+    if start < len(pair_counts):
+        groups.append(range(start, len(pair_counts)))
+    return groups
+
+
+class _Scorer(Protocol):
+    def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32, show_progress: bool = False) -> Any: ...
+
+
+def score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked: Sequence[Sequence[Hit]],
+                tails: Sequence[Sequence[Hit]], batch_size: int) -> list[list[Hit]]:
+    """Score one group's pairs in one `predict` call and merge each query's scores back (input order)."""
+    pairs = [(query.query, hit.text) for query, hits in zip(queries, reranked) for hit in hits]
+    scores = reranker.predict(pairs, batch_size=batch_size) if pairs else []
+    if not all(math.isfinite(float(score)) for score in scores):
+        bad = next(q.qid for q, hits in zip(queries, reranked) if hits)
+        raise UserError(f"the model returned a non-finite score (NaN or inf) near query {bad}: fp16 overflows in "
+                        f"some models; use --dtype bf16 or fp32")
+    results, position = [], 0
+    for hits, tail in zip(reranked, tails):
+        results.append(merge_reranked(hits, [float(s) for s in scores[position:position + len(hits)]], tail))
+        position += len(hits)
+    return results
+
+
+def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, depth: int = 100,
+                      batch_size: int = 32, skip_missing: bool = False) -> Iterator[tuple[str, list[Hit]]]:
+    """Rerank queries whose top-`depth` hits carry their text; yields (qid, final hits) per query, lazily.
+
+    The same scoring as `run_rerank` (groups planned greedily as queries arrive), without files: the Python API for
+    a stream of candidates. Hits below `depth` need no text and keep their first-stage order underneath.
+    """
+    _check_positive("rerank depth", depth)
+    _check_positive("batch size", batch_size)
+
+    def skipped(qid: str, docid: str, reason: str) -> None:
+        logger.warning("skipping document %s of query %s: it %s", docid, qid, reason)
+
+    group: list[tuple[QueryCandidates, list[Hit], list[Hit]]] = []
+    pairs = 0
+
+    def flush() -> Iterator[tuple[str, list[Hit]]]:
+        results = score_group(reranker, [q for q, _, _ in group], [r for _, r, _ in group], [t for _, _, t in group],
+                              batch_size)
+        for (query, _, _), hits in zip(group, results):
+            yield query.qid, hits
+
+    for query in queries:
+        reranked, tail = _split_for_rerank(query, depth)
+        reranked = _check_texts(query, reranked, skip_missing, skipped)
+        if group and pairs + len(query.hits[:depth]) > batch_size:
+            yield from flush()
+            group, pairs = [], 0
+        group.append((query, reranked, tail))
+        pairs += len(query.hits[:depth])
+    if group:
+        yield from flush()
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise UserError(f"{name} must be a positive integer, not {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The partial file: append-only progress of one rank
+
+
+class PartialRun:
+    """`<output>.partial` (or `<output>.rank<r>-of-<n>.partial`): a header line, then one JSON line per finished group.
+
+    Header: {"format", "version", "fingerprint"}. Group line: {"group": g, "qids": [...], "text": TREC lines, "crc":
+    crc32 of text}. Each line is written with one write, flushed and fsynced before the next group starts. After a
+    kill -9 the last line can be torn (no newline, bad JSON or a wrong crc): it is detected, dropped and cut off
+    before appending. A bad line anywhere else means the file was damaged otherwise: UserError.
+    """
+
+    def __init__(self, path: Path, handle: Any, done: dict[int, int]):
+        self.path = path
+        self._handle = handle
+        self.done = done  # group -> byte offset of its line
+
+    @classmethod
+    def open(cls, path: Path, fingerprint: dict[str, Any]) -> "PartialRun":
+        """Open for appending, creating it with a header; resume from its finished groups when the header matches."""
+        path = Path(path)
+        handle = open(path, "a+b")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UserError(f"{path} is in use by another reranking process (same --output): wait for it to finish "
+                            f"or choose another --output") from None
+        try:
+            header, done, valid_end = _scan_partial(path)
+            if header is not None and header.get("fingerprint") != _json_roundtrip(fingerprint):
+                raise UserError(_mismatch_message(path, header.get("fingerprint"), fingerprint))
+            handle.truncate(valid_end if header is not None else 0)
+            if header is None:
+                line = json.dumps({"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "fingerprint": fingerprint},
+                                  sort_keys=True)
+                _append_line(handle, line)
+                done = {}
+        except BaseException:
+            handle.close()
+            raise
+        return cls(path, handle, done)
+
+    def commit(self, group: int, qids: Sequence[str], text: str) -> None:
+        offset = self._handle.seek(0, os.SEEK_END)
+        record = {"group": group, "qids": list(qids), "text": text, "crc": zlib.crc32(text.encode("utf-8"))}
+        _append_line(self._handle, json.dumps(record, ensure_ascii=False))
+        self.done[group] = offset
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _append_line(handle: Any, line: str) -> None:
+    handle.write(line.encode("utf-8") + b"\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _json_roundtrip(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _parse_record(raw: bytes) -> dict[str, Any] | None:
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _valid_group_record(record: dict[str, Any]) -> bool:
+    return (isinstance(record.get("group"), int) and isinstance(record.get("text"), str)
+            and isinstance(record.get("qids"), list) and record.get("crc") == zlib.crc32(record["text"].encode("utf-8")))
+
+
+def _scan_partial(path: Path) -> tuple[dict[str, Any] | None, dict[int, int], int]:
+    """(header or None, group -> offset, byte length of the valid prefix). A torn last line is left out."""
+    done: dict[int, int] = {}
+    header = None
+    offset = 0
+    with open(path, "rb") as handle:
+        lines = list(_lines_with_offsets(handle))
+    for number, (start, raw) in enumerate(lines, start=1):
+        is_last = number == len(lines)
+        record = _parse_record(raw)
+        if header is None:
+            if record is None or record.get("format") != PARTIAL_FORMAT:
+                if is_last and record is None:  # a header torn while being written: start over
+                    return None, {}, 0
+                raise UserError(f"{path} is not a reranking progress file (line 1): delete it, or choose another "
+                                f"--output")
+            if record.get("version") != PARTIAL_VERSION:
+                raise UserError(f"{path} was written by another version of pyserini_ssm: delete it to start over")
+            header = record
+        elif record is None or not _valid_group_record(record):
+            if is_last:
+                logger.warning("%s: ignoring the torn last line left by an interrupted run", path)
+                break
+            raise UserError(f"{path}:{number}: damaged progress line (not the last one, so not an interrupted "
+                            f"write): delete the file to start over")
+        else:
+            done.setdefault(record["group"], start)
+        offset = start + len(raw)
+    return header, done, offset
+
+
+def _lines_with_offsets(handle: Any) -> Iterator[tuple[int, bytes]]:
+    offset = 0
+    for raw in handle:
+        yield offset, raw
+        offset += len(raw)
+
+
+def _mismatch_message(path: Path, stored: Any, wanted: dict[str, Any]) -> str:
+    wanted = _json_roundtrip(wanted)
+    stored = stored if isinstance(stored, dict) else {}
+    differing = sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
+    return (f"{path} holds the progress of a reranking with other settings (different {', '.join(differing)}): "
+            f"delete it to start over, or choose another --output")
+
+
+def _read_group_texts(path: Path, offsets: dict[int, int]) -> Iterator[tuple[int, str]]:
+    with open(path, "rb") as handle:
+        for group, offset in offsets.items():
+            handle.seek(offset)
+            record = json.loads(handle.readline().decode("utf-8"))
+            yield group, record["text"]
+
+
+def partial_path(output: Path, context: DistributedContext) -> Path:
+    if context.world_size == 1:
+        return output.with_name(output.name + ".partial")
+    return output.with_name(f"{output.name}.rank{context.rank}-of-{context.world_size}.partial")
+
+
+def merge_partials(output: Path, partials: Sequence[Path], group_count: int) -> None:
+    """Write the final run: every group's lines, in group (= input) order, read back from the partial files."""
+    where: dict[int, tuple[Path, int]] = {}
+    for path in partials:
+        _, done, _ = _scan_partial(path)
+        for group, offset in done.items():
+            where.setdefault(group, (path, offset))
+    missing = [group for group in range(group_count) if group not in where]
+    if missing:
+        raise RuntimeError(f"groups {missing[:10]} are in no partial file; cannot merge")
+    handles: dict[Path, Any] = {}
+    try:
+        with atomic_output(output) as out:
+            for group in range(group_count):
+                path, offset = where[group]
+                if path not in handles:
+                    handles[path] = open(path, "rb")
+                handle = handles[path]
+                handle.seek(offset)
+                out.write(json.loads(handle.readline().decode("utf-8"))["text"])
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _load_queries(config: RerankConfig) -> tuple[list[RerankQuery], "_TextSource", str]:
+    """(queries with their first-stage hits but no texts, where the texts come from, digest of the inputs).
+
+    Texts are left out so that memory holds ids and scores only; `_TextSource.hydrate` brings them back for a few
+    groups at a time (from the index, or by reading the candidates file again).
+    """
+    depth = config.rerank_depth
+    if config.source == "candidates":
+        from pyserini_ssm.candidates import iter_candidates
+
+        digest = _InputDigest()
+        queries = []
+        for candidate in iter_candidates(config.candidates):
+            query = RerankQuery(str(candidate.qid), candidate.query, list(candidate.hits))
+            digest.add(query, depth, with_texts=True)
+            queries.append(RerankQuery(query.qid, query.query, [Hit(h.docid, h.score) for h in query.hits]))
+        if not queries:
+            raise UserError(f"{config.candidates}: the candidates file holds no queries")
+        return queries, _CandidateTexts(config.candidates, depth), digest.hexdigest()
+
+    from pyserini_ssm.first_stage.lucene import open_searcher
+    from pyserini_ssm.topics import load_topics
+
+    topics = load_topics(config.topics, topics_dir=config.topics_dir)
+    searcher = open_searcher(config.index)
+    if config.source == "run":
+        from pyserini_ssm.runs import read_run
+
+        first_stage = read_run(config.run)
+        unknown = [qid for qid in first_stage if qid not in topics]
+        if unknown:
+            raise UserError(f"query {unknown[0]!r} of run {config.run} is not in topics {config.topics} "
+                            f"({len(unknown)} such queries): give the topics the run was made from")
+        queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in first_stage.items()]
+    else:
+        from pyserini_ssm.first_stage.lucene import bm25_search
+
+        first_stage = bm25_search(searcher, topics, hits=config.hits, k1=config.bm25_k1, b=config.bm25_b,
+                                  threads=config.threads)
+        queries = [RerankQuery(qid, topics[qid], first_stage.get(qid, [])) for qid in topics]
+    digest = _InputDigest()
+    for query in queries:
+        digest.add(query, depth, with_texts=False)
+    return queries, _IndexTexts(searcher, depth, config.fetch_batch_size, config.skip_missing), digest.hexdigest()
+
+
+def _check_queries_fit(reranker: Any, queries: Sequence[RerankQuery]) -> None:
+    """Fail before any scoring when a query cannot fit --max-length (the encoder raises a UserError naming it)."""
+    encoder = getattr(reranker, "encoder", None) or getattr(reranker, "pair_encoder", None)
+    query_ids = getattr(encoder, "query_ids", None)
+    if query_ids is None:
+        return
+    for query in queries:
+        try:
+            query_ids(query.query)
+        except UserError as error:
+            raise UserError(f"query {query.qid}: {error}") from None
+
+
+class _InputDigest:
+    """Digest of everything the run depends on in the inputs: qids, query texts, first-stage ranking (and the
+    texts of the reranked hits when they come with the input)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, query: RerankQuery, depth: int, with_texts: bool) -> None:
+        self._digest.update(f"q\0{query.qid}\0{query.query}\0{len(query.hits)}\n".encode("utf-8"))
+        for position, hit in enumerate(query.hits):
+            self._digest.update(f"{hit.docid}\0{hit.score!r}\n".encode("utf-8"))
+            if with_texts and position < depth:
+                self._digest.update(f"{hit.text}\n".encode("utf-8"))
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def _model_fingerprint(model: str) -> dict[str, Any]:
+    """The model argument, and for a local folder the name, size and mtime of its files (a retrained checkpoint
+    in the same folder must not resume from the old one's scores)."""
+    path = Path(model)
+    if not path.is_dir():
+        return {"name": model}
+    files = sorted(
+        (str(item.relative_to(path)), item.stat().st_size, item.stat().st_mtime_ns)
+        for item in path.rglob("*") if item.is_file()
+    )
+    return {"path": str(path.resolve()), "files": hashlib.sha256(repr(files).encode()).hexdigest()}
+
+
+def model_label(model: str) -> str:
+    """A short name for the model: the registry name, or a checkpoint folder's name; safe in file names and tags."""
+    path = Path(model)
+    label = path.name if path.name and (path.exists() or os.sep in model) else model
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_") or "model"
+
+
+def _source_label(config: RerankConfig) -> str:
+    def stem(name: str) -> str:
+        base = Path(name).name
+        for suffix in (".gz", ".json", ".jsonl", ".txt", ".trec", ".tsv"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+        return base
+
+    if config.source == "candidates":
+        label = stem(config.candidates)
+    elif config.source == "run":
+        label = stem(config.run)
+    else:
+        label = f"{stem(config.topics or 'topics')}.bm25-top{config.hits}"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", label)
+
+
+def default_output(config: RerankConfig) -> Path:
+    """runs/run.<source>.<model>.rerank<depth>.txt"""
+    return DEFAULT_OUTPUT_DIR / f"run.{_source_label(config)}.{model_label(config.model)}.rerank{config.rerank_depth}.txt"
+
+
+def _validate(config: RerankConfig) -> None:
+    """Cheap checks of the flags, before any model or index is loaded."""
+    _check_positive("--rerank-depth", config.rerank_depth)
+    _check_positive("--batch-size", config.batch_size)
+    _check_positive("--hits", config.hits)
+    _check_positive("fetch batch size", config.fetch_batch_size)
+    if config.max_length is not None:
+        _check_positive("--max-length", config.max_length)
+    if config.run and config.candidates:
+        raise UserError("give either --run or --candidates, not both")
+    if config.source != "candidates":
+        if not config.index:
+            raise UserError("give --index (with --topics) to search it, --run with --index and --topics to rerank a "
+                            "run, or --candidates")
+        if not config.topics:
+            raise UserError("--topics is needed with --index: the query texts (a Pyserini name or a file)")
+    for flag, value in (("--candidates", config.candidates), ("--run", config.run)):
+        if value and not Path(value).is_file():
+            raise UserError(f"{flag} file not found: {value}")
+
+
+def qrels_name_for_topics(topics: str) -> str | None:
+    """The Pyserini qrels name that judges a Pyserini topics name, or None (a file, or no known qrels).
+
+    The same name when it is a qrels name too (`dl19-passage`, `msmarco-passage-dev-subset`,
+    `beir-v1.0.0-scifact-test`); else the name without its encoder suffix (`dl19-passage-unicoil`); else
+    `<name>-passage` (`dl20` -> `dl20-passage`, as Pyserini's passage regressions pair them).
+    """
+    from pyserini_ssm.pyserini_names import QRELS_FILES, TOPIC_FILES
+
+    if topics not in TOPIC_FILES:
+        return None
+    parts = topics.split("-")
+    for end in range(len(parts), 0, -1):
+        name = "-".join(parts[:end])
+        if name in QRELS_FILES:
+            return name
+        if f"{name}-passage" in QRELS_FILES:
+            return f"{name}-passage"
+    return None
+
+
+def _qrels_name(config: RerankConfig) -> str | None:
+    """--qrels, else the qrels of a named --topics, else None (no metrics)."""
+    if config.qrels:
+        return config.qrels
+    if not config.topics or Path(config.topics).exists():
+        return None
+    return qrels_name_for_topics(config.topics)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass
+class _Group:
+    index: int
+    queries: list[RerankQuery]
+    pairs: int  # planned pairs (top-depth hits), the sharding cost
+
+
+class _TextSource(Protocol):
+    def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]: ...
+
+
+def _with_texts(query: RerankQuery, depth: int, texts: Any) -> RerankQuery:
+    top = [Hit(hit.docid, hit.score, texts.get(hit.docid)) for hit in query.hits[:depth]]
+    return RerankQuery(query.qid, query.query, top + list(query.hits[depth:]))
+
+
+class _IndexTexts:
+    """Fills in the texts of the top-depth hits from the index, one batched fetch per window of groups."""
+
+    def __init__(self, searcher: Any, depth: int, window: int, skip_missing: bool):
+        self.searcher = searcher
+        self.depth = depth
+        self.window = window
+        self.skip_missing = skip_missing
+
+    def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]:
+        pending: list[_Group] = []
+        docs = 0
+        for group in groups:
+            pending.append(group)
+            docs += group.pairs
+            if docs >= self.window:
+                yield from self._fetch(pending)
+                pending, docs = [], 0
+        if pending:
+            yield from self._fetch(pending)
+
+    def _fetch(self, groups: list[_Group]) -> Iterator[_Group]:
+        from pyserini_ssm.first_stage.lucene import fetch_texts
+
+        docids = list(dict.fromkeys(hit.docid for g in groups for q in g.queries for hit in q.hits[:self.depth]))
+        try:
+            texts = fetch_texts(self.searcher, docids, skip_missing=self.skip_missing)
+        except UserError as error:
+            raise UserError(f"{error} (pass --skip-missing to leave such documents out)") from None
+        for group in groups:
+            yield _Group(group.index, [_with_texts(q, self.depth, texts) for q in group.queries], group.pairs)
+
+
+class _CandidateTexts:
+    """Reads the candidates file again, keeping the texts of the wanted groups' queries only (one group at a time)."""
+
+    def __init__(self, path: str, depth: int):
+        self.path = path
+        self.depth = depth
+
+    def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]:
+        from pyserini_ssm.candidates import iter_candidates
+
+        wanted = iter(groups)
+        group = next(wanted, None)
+        collected: list[RerankQuery] = []
+        position = -1
+        for candidate in iter_candidates(self.path):
+            if group is None:
+                return
+            position += 1
+            first = group.queries[0]
+            if not collected and candidate.qid != first.qid:
+                continue
+            expected = group.queries[len(collected)]
+            if candidate.qid != expected.qid or len(candidate.hits) != len(expected.hits):
+                raise UserError(f"{self.path} changed while reranking (query {expected.qid} expected at #{position}, "
+                                f"found {candidate.qid}): rerun to start over from the new file")
+            texts = {hit.docid: hit.text for hit in candidate.hits[:self.depth]}
+            collected.append(_with_texts(expected, self.depth, texts))
+            if len(collected) == len(group.queries):
+                yield _Group(group.index, collected, group.pairs)
+                group, collected = next(wanted, None), []
+        if group is not None:
+            raise UserError(f"{self.path} changed while reranking (query {group.queries[0].qid} is gone): rerun to "
+                            f"start over from the new file")
+
+
+def _progress(total: int, initial: int, enabled: bool, context: DistributedContext):
+    from tqdm import tqdm
+
+    description = "reranking" if not context.is_distributed else f"reranking (rank 0 of {context.world_size})"
+    return tqdm(total=total, initial=initial, unit="pair", unit_scale=True, desc=description, file=sys.stderr,
+                disable=not (enabled and context.is_main), mininterval=1.0, smoothing=0.1, dynamic_ncols=True)
+
+
+def load_reranker(config: RerankConfig, device: str | None):
+    from pyserini_ssm.models.reranker import Reranker
+
+    return Reranker.from_pretrained(config.model, device=device, dtype=config.dtype, max_length=config.max_length,
+                                    backend=config.backend)
+
+
+def _device_type(device: str | None) -> str:
+    if device is not None:
+        return device.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_rerank(config: RerankConfig, *, reranker: Any = None,
+               context: DistributedContext | None = None) -> RerankOutcome:
+    """Rerank per `config` into one TREC run; resumes from a matching partial file; torchrun-aware.
+
+    `reranker`: an already loaded model (tests, notebooks); by default it is loaded from `config.model`.
+    Returns on every rank; only rank 0 writes the final run and computes metrics.
+    """
+    _validate(config)
+    own_context = context is None
+    if context is None:
+        context = init_from_env(_device_type(config.device))
+    try:
+        return _run(config, reranker, context)
+    finally:
+        if own_context:
+            shutdown(context)
+
+
+def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> RerankOutcome:
+    output = Path(config.output) if config.output else default_output(config)
+    if not config.output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(output)
+    depth = config.rerank_depth
+    tag = config.tag or model_label(config.model)
+
+    # The model first: a mistyped name should not wait for a first stage of minutes (or a multi-GB file parse).
+    if reranker is None:
+        reranker = load_reranker(config, device_for_rank(config.device, context))
+    queries, texts, input_digest = _load_queries(config)
+    if not queries:
+        raise UserError("no queries to rerank")
+    _check_queries_fit(reranker, queries)
+
+    pair_counts = [min(depth, len(query.hits)) for query in queries]
+    plan = plan_groups(pair_counts, config.batch_size)
+    groups = [_Group(index, [queries[i] for i in members], sum(pair_counts[i] for i in members))
+              for index, members in enumerate(plan)]
+    shards = shard_by_cost([group.pairs for group in groups], context.world_size)
+    mine = [groups[index] for index in shards[context.rank]]
+
+    fingerprint = {
+        "model": _model_fingerprint(config.model),
+        "rerank_depth": depth,
+        "batch_size": config.batch_size,
+        "max_length": config.max_length,
+        "dtype": config.dtype,
+        "backend": config.backend,
+        "device_type": _device_type(device_for_rank(config.device, context)),
+        "tag": tag,
+        "source": config.source,
+        "index": config.index if config.source != "candidates" else None,
+        "inputs": input_digest,
+        "groups": len(groups),
+        "rank": context.rank,
+        "world_size": context.world_size,
+    }
+    own_partial = partial_path(output, context)
+    if context.is_main:
+        current = {partial_path(output, DistributedContext(rank, context.world_size)).name
+                   for rank in range(context.world_size)}
+        stale = sorted(p.name for p in output.parent.glob(f"{glob_escape(output.name)}*.partial")
+                       if p.name not in current)
+        if stale:
+            logger.warning("ignoring progress files of a run with another number of processes: %s (delete them)",
+                           ", ".join(stale))
+    partial = PartialRun.open(own_partial, fingerprint)
+    resumed = sum(1 for group in mine if group.index in partial.done)
+    if resumed:
+        logger.info("resuming: %d of %d groups already done in %s", resumed, len(mine), partial.path)
+    todo = [group for group in mine if group.index not in partial.done]
+
+    skipped = [0]
+
+    def on_skip(qid: str, docid: str, reason: str) -> None:
+        if not skipped[0] and reason != "is missing from the index":  # fetch_texts already warned about those
+            logger.warning("skipping document %s of query %s: it %s (--skip-missing)", docid, qid, reason)
+        skipped[0] += 1
+
+    scored_pairs = 0
+    total_pairs = sum(group.pairs for group in mine)
+    done_pairs = total_pairs - sum(group.pairs for group in todo)
+    try:
+        with _progress(total_pairs, done_pairs, config.show_progress, context) as bar:
+            for group in texts.hydrate(todo):
+                reranked = [_check_texts(q, q.hits[:depth], config.skip_missing, on_skip) for q in group.queries]
+                tails = [q.hits[depth:] for q in group.queries]
+                results = score_group(reranker, group.queries, reranked, tails, config.batch_size)
+                text = "".join(line for query, hits in zip(group.queries, results)
+                               for line in format_run_lines(query.qid, hits, tag))
+                partial.commit(group.index, [query.qid for query in group.queries], text)
+                scored_pairs += sum(len(hits) for hits in reranked)
+                bar.update(group.pairs)
+    except UserError as error:
+        # Finished groups stay in the partial file: fixing the input and rerunning resumes from them. A file with
+        # nothing finished is removed, so a bad input leaves no trace.
+        if not partial.done:
+            partial.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial.path)
+            raise
+        finished = sum(len(group.queries) for group in mine if group.index in partial.done)
+        raise UserError(f"{error} (the {finished} queries finished so far are kept in {partial.path}: rerun the "
+                        f"same command to resume)") from None
+    finally:
+        partial.close()
+    if skipped[0]:
+        logger.warning("skipped %d documents missing from the index or without text (--skip-missing)", skipped[0])
+
+    barrier(context)
+    outcome = RerankOutcome(output, len(queries), scored_pairs, resumed, skipped[0], tag=tag)
+    if context.is_main:
+        partials = [partial_path(output, DistributedContext(rank, context.world_size))
+                    for rank in range(context.world_size)]
+        merge_partials(output, partials, len(groups))
+        for path in partials:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        qrels = _qrels_name(config)
+        if qrels:
+            outcome.metrics = evaluate_before_after(queries, output, qrels, config)
+    return outcome
+
+
+def evaluate_before_after(queries: Sequence[RerankQuery], output: Path, qrels_name: str,
+                          config: RerankConfig) -> dict[str, tuple[float, float]]:
+    """metric -> (first stage, reranked), pytrec_eval with Pyserini's conventions, judged queries only."""
+    from pyserini_ssm.evaluation import evaluate
+    from pyserini_ssm.qrels import load_qrels
+    from pyserini_ssm.runs import read_run, run_as_dict
+
+    qrels = load_qrels(qrels_name, topics_dir=config.topics_dir)
+    hint = qrels_name  # picks the 2CR convention (DL: MAP/R@1000 at level 2, ...)
+    metrics = list(config.metrics) if config.metrics else None
+    before_run = {query.qid: {hit.docid: float(hit.score) for hit in query.hits} for query in queries}
+    before = evaluate(before_run, qrels, metrics, collection_hint=hint)
+    after = evaluate(run_as_dict(read_run(output)), qrels, metrics, collection_hint=hint)
+    return {name: (before[name], after[name]) for name in before}
+
+
+def format_metrics(metrics: dict[str, tuple[float, float]]) -> str:
+    """A small table: metric, first stage, reranked."""
+    width = max([len("metric")] + [len(name) for name in metrics])
+    lines = [f"{'metric':<{width}}  {'first stage':>11}  {'reranked':>8}"]
+    lines += [f"{name:<{width}}  {before:>11.4f}  {after:>8.4f}" for name, (before, after) in metrics.items()]
+    return "\n".join(lines)
+
+
+def config_as_dict(config: RerankConfig) -> dict[str, Any]:
+    return asdict(config)

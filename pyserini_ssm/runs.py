@@ -1,0 +1,136 @@
+"""TREC run files: `qid Q0 docid rank score tag`, read into ranked hit lists and written Pyserini's way."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+from pyserini_ssm.errors import UserError
+from pyserini_ssm.files import atomic_output, open_text
+
+
+@dataclass(slots=True)
+class Hit:
+    """One ranked document for a query; `text` is filled when the document text is needed (reranking)."""
+
+    docid: str
+    score: float
+    text: str | None = None
+
+
+def read_numbered_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line without its newline) of a text file, gzip-aware.
+
+    Undecodable bytes and corrupt gzip data become a UserError naming the file (and line), never a traceback.
+    """
+    line_number = 0
+    try:
+        with open_text(path) as handle:
+            for line_number, line in enumerate(handle, start=1):
+                yield line_number, line.rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}:{line_number + 1}: not valid UTF-8 text ({error.reason})") from None
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot read ({error})") from None
+
+
+_COLUMN = re.compile(r"[^ \t\n\r\f\v]+")
+
+
+def split_columns(line: str) -> list[str]:
+    """Columns separated by ASCII whitespace, as trec_eval reads them (other Unicode spaces stay inside a column)."""
+    return _COLUMN.findall(line)
+
+
+def parse_score(text: str) -> float | None:
+    """A finite-or-infinite float, or None for text that is not a number (NaN included)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+def read_run(path: str | os.PathLike) -> dict[str, list[Hit]]:
+    """Read a TREC run (6 whitespace-separated columns; .gz too) into qid -> hits, best first.
+
+    Hits are ordered by score (highest first), ties by the file's rank column. Queries keep file order.
+    Raises UserError naming file:line for a malformed line or a (qid, docid) pair seen twice.
+    """
+    ranked: dict[str, list[tuple[float, int, Hit]]] = {}
+    seen: dict[str, set[str]] = {}
+    for line_number, line in read_numbered_lines(path):
+        fields = split_columns(line)
+        if not fields:
+            continue
+        where = f"{path}:{line_number}"
+        if len(fields) != 6:
+            raise UserError(
+                f"{where}: a TREC run line has 6 columns 'qid Q0 docid rank score tag', found {len(fields)}: {line[:200]!r}"
+            )
+        qid, _, docid, rank_text, score_text, _tag = fields
+        try:
+            rank = int(rank_text)
+        except ValueError:
+            raise UserError(f"{where}: rank {rank_text!r} is not an integer") from None
+        score = parse_score(score_text)
+        if score is None:
+            raise UserError(f"{where}: score {score_text!r} is not a number")
+        docids = seen.setdefault(qid, set())
+        if docid in docids:
+            raise UserError(f"{where}: document {docid!r} appears twice for query {qid!r}")
+        docids.add(docid)
+        ranked.setdefault(qid, []).append((-score, rank, Hit(docid, score)))
+    if not ranked:
+        raise UserError(f"{path}: the run file holds no results")
+    results: dict[str, list[Hit]] = {}
+    for qid, entries in ranked.items():
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
+        results[qid] = [hit for _, _, hit in entries]
+    return results
+
+
+def is_token(value: str) -> bool:
+    """True for a non-empty string without ASCII whitespace: what a TREC column can hold."""
+    return bool(_COLUMN.fullmatch(value))
+
+
+def _check_token(kind: str, value: str) -> None:
+    if not is_token(value):
+        raise UserError(f"{kind} {value!r} cannot be written to a TREC run (empty or holds whitespace)")
+
+
+def sorted_hits(hits: Sequence[Hit]) -> list[Hit]:
+    """Pyserini's deterministic order: score descending, ties by docid ascending."""
+    return sorted(hits, key=lambda hit: (-hit.score, hit.docid))
+
+
+def format_run_lines(qid: str, hits: Sequence[Hit], tag: str) -> list[str]:
+    """TREC lines (each ending in a newline) for one query, in (-score, docid) order with ranks 1..n.
+
+    Scores are written with 6 decimals, as Pyserini's TrecWriter does.
+    """
+    _check_token("query id", qid)
+    _check_token("run tag", tag)
+    lines = []
+    for rank, hit in enumerate(sorted_hits(hits), start=1):
+        _check_token("document id", hit.docid)
+        lines.append(f"{qid} Q0 {hit.docid} {rank} {hit.score:.6f} {tag}\n")
+    return lines
+
+
+def write_run(results: Mapping[str, Sequence[Hit]], path: str | os.PathLike, tag: str) -> None:
+    """Write a TREC run atomically (temporary file, then rename): queries in mapping order, hits Pyserini's way."""
+    _check_token("run tag", tag)
+    with atomic_output(path) as handle:
+        for qid, hits in results.items():
+            handle.writelines(format_run_lines(str(qid), hits, tag))
+
+
+def run_as_dict(results: Mapping[str, Sequence[Hit]]) -> dict[str, dict[str, float]]:
+    """qid -> docid -> score, the shape pytrec_eval takes."""
+    return {str(qid): {hit.docid: float(hit.score) for hit in hits} for qid, hits in results.items()}

@@ -1,0 +1,5 @@
+"""Fine-tuning rerankers: training data (`data`), losses (`losses`) and the training loop (`loop`).
+
+Nothing here imports pyserini or Java at module level: BM25 negative mining imports the first stage only when it
+is asked for, so training from a ready JSONL runs on a GPU machine without Java.
+"""

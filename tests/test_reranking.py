@@ -1,0 +1,354 @@
+"""reranking: score merging, group planning, the resumable partial file, and whole runs with a tiny real model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import require_shared
+from pyserini_ssm.errors import UserError
+from pyserini_ssm.reranking import (
+    PartialRun,
+    RerankConfig,
+    RerankQuery,
+    default_output,
+    merge_partials,
+    merge_reranked,
+    model_label,
+    plan_groups,
+    qrels_name_for_topics,
+    rerank_candidates,
+    round_score,
+    run_rerank,
+)
+from pyserini_ssm.runs import Hit, read_run
+
+DL19_CANDIDATES = ("msmarco-passage-dl19-bm25-top100", "retrieve_results_dl19.bm25.top100.json.gz")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: several processes share 2 cores in CI, where OpenMP spinning makes 2 threads 30x slower;
+    and subprocesses (OMP_NUM_THREADS=1) then compute bit-identical scores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(tiny_reranker) -> Path:
+    return tiny_reranker("decoder")
+
+
+@pytest.fixture(scope="module")
+def decoder(decoder_dir):
+    from pyserini_ssm.models.reranker import Reranker
+
+    with pytest.warns(UserWarning, match="untrained"):
+        return Reranker.from_pretrained(str(decoder_dir), device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------ scores and groups
+
+
+def test_round_score_matches_the_six_decimals_written():
+    for value in (0.1234565, -3.0000004, 1e-9, 12345.6789012):
+        assert f"{round_score(value):.6f}" == f"{value:.6f}"
+
+
+def test_merge_reranked_orders_by_rounded_score_then_docid_and_puts_the_tail_below():
+    reranked = [Hit("d3", 9.0), Hit("d1", 8.0), Hit("d2", 7.0)]
+    # d1 and d2 differ only below the 6th decimal: equal in the file, so docid breaks the tie.
+    scores = [0.5, 0.10000001, 0.1000000]
+    tail = [Hit("z9", 6.0), Hit("a0", 5.0)]
+    merged = merge_reranked(reranked, scores, tail)
+    assert [hit.docid for hit in merged] == ["d3", "d1", "d2", "z9", "a0"]
+    assert [hit.score for hit in merged] == [0.5, 0.1, 0.1, -0.9, -1.9]
+    assert all(hit.text is None for hit in merged)
+
+
+def test_merge_reranked_without_reranked_hits_keeps_first_stage_order():
+    # Equal first-stage scores: the order must survive a sort by (-score, docid) all the same.
+    assert merge_reranked([], [], [Hit("b", 2.5), Hit("a", 2.5)]) == [Hit("b", -1.0), Hit("a", -2.0)]
+
+
+def test_merge_reranked_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        merge_reranked([Hit("a", 1.0)], [], [])
+
+
+@pytest.mark.parametrize(
+    "counts, batch, expected",
+    [
+        ([100, 100, 100], 32, [[0], [1], [2]]),
+        ([10, 10, 10, 10, 5], 32, [[0, 1, 2], [3, 4]]),
+        ([40, 10, 30, 0, 2], 32, [[0], [1], [2, 3, 4]]),
+        ([], 32, []),
+    ],
+)
+def test_plan_groups_packs_consecutive_queries_up_to_a_batch(counts, batch, expected):
+    assert [list(group) for group in plan_groups(counts, batch)] == expected
+
+
+def test_qrels_are_inferred_from_pyserini_topic_names():
+    assert qrels_name_for_topics("dl19-passage") == "dl19-passage"
+    assert qrels_name_for_topics("dl20") == "dl20-passage"
+    assert qrels_name_for_topics("msmarco-passage-dev-subset") == "msmarco-passage-dev-subset"
+    assert qrels_name_for_topics("beir-v1.0.0-scifact-test") == "beir-v1.0.0-scifact-test"
+    assert qrels_name_for_topics("topics.tsv") is None
+
+
+def test_default_output_and_tag_name_the_source_and_model():
+    config = RerankConfig(model="/ckpt/my model", candidates="data/retrieve_results_dl19.json.gz", rerank_depth=50)
+    assert model_label("mamba2-780m") == "mamba2-780m"
+    assert default_output(config) == Path("runs/run.retrieve_results_dl19.my_model.rerank50.txt")
+    config = RerankConfig(model="mamba2-780m", index="msmarco-v1-passage", topics="dl19-passage")
+    assert default_output(config) == Path("runs/run.dl19-passage.bm25-top1000.mamba2-780m.rerank100.txt")
+
+
+# --------------------------------------------------------------------------------------------------- partial file
+
+
+def test_partial_file_resumes_ignores_a_torn_last_line_and_truncates_it(tmp_path):
+    path = tmp_path / "run.txt.partial"
+    partial = PartialRun.open(path, {"model": "m", "depth": 3})
+    partial.commit(0, ["q1"], "q1 Q0 d 1 1.000000 t\n")
+    partial.commit(2, ["q3"], "q3 Q0 d 1 1.000000 t\n")
+    partial.close()
+    intact = path.read_bytes()
+    with open(path, "ab") as handle:  # what kill -9 in the middle of a write leaves
+        handle.write(b'{"group": 1, "qids": ["q2"], "text": "q2 Q0')
+    resumed = PartialRun.open(path, {"model": "m", "depth": 3})
+    assert sorted(resumed.done) == [0, 2]
+    assert path.read_bytes() == intact  # the torn bytes are cut before anything is appended
+    resumed.commit(1, ["q2"], "q2 Q0 d 1 1.000000 t\n")
+    resumed.close()
+    merge_partials(tmp_path / "run.txt", [path], group_count=3)
+    assert (tmp_path / "run.txt").read_text() == (
+        "q1 Q0 d 1 1.000000 t\nq2 Q0 d 1 1.000000 t\nq3 Q0 d 1 1.000000 t\n"
+    )
+
+
+def test_partial_file_line_with_a_wrong_checksum_at_the_end_counts_as_torn(tmp_path):
+    path = tmp_path / "p.partial"
+    PartialRun.open(path, {"k": 1}).close()
+    record = {"group": 0, "qids": ["q"], "text": "q Q0 d 1 2.000000 t\n", "crc": 1}
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    assert PartialRun.open(path, {"k": 1}).done == {}
+
+
+def test_partial_file_damaged_in_the_middle_is_a_user_error(tmp_path):
+    path = tmp_path / "p.partial"
+    partial = PartialRun.open(path, {"k": 1})
+    partial.commit(0, ["a"], "a Q0 d 1 1.000000 t\n")
+    partial.commit(1, ["b"], "b Q0 d 1 1.000000 t\n")
+    partial.close()
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"1.000000", b"9.000000")  # crc no longer matches
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(UserError, match=r"p.partial:2: damaged"):
+        PartialRun.open(path, {"k": 1})
+
+
+def test_partial_file_with_other_settings_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "p.partial"
+    PartialRun.open(path, {"model": "a", "rerank_depth": 100}).close()
+    with pytest.raises(UserError, match=r"different rerank_depth.*delete it.*--output"):
+        PartialRun.open(path, {"model": "a", "rerank_depth": 50})
+
+
+def test_partial_file_cannot_be_written_by_two_processes_at_once(tmp_path):
+    path = tmp_path / "p.partial"
+    first = PartialRun.open(path, {"k": 1})
+    try:
+        with pytest.raises(UserError, match="in use"):
+            PartialRun.open(path, {"k": 1})
+    finally:
+        first.close()
+
+
+# ---------------------------------------------------------------------------------------------- with a tiny model
+
+
+def dl19_subset(path: Path, queries: int, hits: int) -> Path:
+    source = require_shared(*DL19_CANDIDATES)
+    with gzip.open(source, "rt", encoding="utf-8") as handle:
+        data = json.load(handle)
+    subset = [{"query": q["query"], "hits": q["hits"][:hits]} for q in data[:queries]]
+    path.write_text(json.dumps(subset))
+    return path
+
+
+def test_dl19_candidates_rerank_into_a_valid_run_of_43_queries_by_100(tmp_path, decoder, decoder_dir):
+    candidates = require_shared(*DL19_CANDIDATES)
+    output = tmp_path / "dl19.txt"
+    config = RerankConfig(model=str(decoder_dir), candidates=str(candidates), output=str(output),
+                          batch_size=64, show_progress=False, qrels="dl19-passage",
+                          topics_dir=str(require_shared("topics-and-qrels")))
+    outcome = run_rerank(config, reranker=decoder)
+    assert outcome.output == output and outcome.queries == 43 and outcome.pairs_scored == 4300
+    assert not output.with_name("dl19.txt.partial").exists()
+    run = read_run(output)
+    assert len(run) == 43 and all(len(hits) == 100 for hits in run.values())
+    lines = output.read_text().splitlines()
+    for qid_lines in (lines[i:i + 100] for i in range(0, 4300, 100)):
+        fields = [line.split() for line in qid_lines]
+        assert [int(f[3]) for f in fields] == list(range(1, 101))
+        scores = [float(f[4]) for f in fields]
+        assert scores == sorted(scores, reverse=True)
+        assert all(f[5] == model_label(str(decoder_dir)) for f in fields)
+    # BM25 nDCG@10 from ../shared/data SOURCE.md; a random head reorders, so "after" differs from "before".
+    assert outcome.metrics["ndcg_cut_10"][0] == pytest.approx(0.5058, abs=5e-5)
+    assert outcome.metrics["ndcg_cut_10"][1] != outcome.metrics["ndcg_cut_10"][0]
+    # The recall of the full list cannot change: reranking only reorders the same 100 documents.
+    assert outcome.metrics["recall_1000"][1] == pytest.approx(outcome.metrics["recall_1000"][0])
+
+
+def test_depth_below_the_list_keeps_first_stage_order_underneath(tmp_path, decoder, decoder_dir):
+    candidates = dl19_subset(tmp_path / "c.json", queries=3, hits=30)
+    output = tmp_path / "run.txt"
+    run_rerank(RerankConfig(model=str(decoder_dir), candidates=str(candidates), output=str(output), rerank_depth=10,
+                            show_progress=False), reranker=decoder)
+    first_stage = {str(q["hits"][0]["qid"]): q["hits"] for q in json.loads(candidates.read_text())}
+    reranked = read_run(output)
+    for qid, hits in reranked.items():
+        original = [hit["docid"] for hit in first_stage[qid]]
+        assert sorted(h.docid for h in hits[:10]) == sorted(original[:10])
+        assert [h.docid for h in hits[10:]] == original[10:]
+        assert max(h.score for h in hits[10:]) < min(h.score for h in hits[:10])
+
+
+def test_python_api_matches_the_pipeline(tmp_path, decoder, decoder_dir):
+    candidates = dl19_subset(tmp_path / "c.json", queries=2, hits=12)
+    from pyserini_ssm.candidates import read_candidates
+
+    streamed = dict(rerank_candidates(decoder, iter(read_candidates(candidates)), depth=8, batch_size=32))
+    output = tmp_path / "run.txt"
+    run_rerank(RerankConfig(model=str(decoder_dir), candidates=str(candidates), output=str(output), rerank_depth=8,
+                            batch_size=32, show_progress=False), reranker=decoder)
+    written = read_run(output)
+    assert list(streamed) == list(written)
+    for qid in written:
+        assert [(h.docid, h.score) for h in streamed[qid]] == [(h.docid, h.score) for h in written[qid]]
+
+
+def test_resuming_skips_finished_queries_and_gives_the_same_bytes(tmp_path, decoder, decoder_dir):
+    candidates = dl19_subset(tmp_path / "c.json", queries=4, hits=10)
+    base = dict(model=str(decoder_dir), candidates=str(candidates), rerank_depth=10, batch_size=16,
+                show_progress=False)
+    uninterrupted = tmp_path / "full.txt"
+    run_rerank(RerankConfig(**base, output=str(uninterrupted)), reranker=decoder)
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfter:
+        """The real model, which 'dies' on the third group, as a killed process would."""
+
+        def __init__(self, calls: int):
+            self.calls = calls
+
+        def predict(self, pairs, batch_size=32, show_progress=False):
+            self.calls -= 1
+            if self.calls < 0:
+                raise Crash
+            return decoder.predict(pairs, batch_size=batch_size)
+
+    output = tmp_path / "resumed.txt"
+    with pytest.raises(Crash):
+        run_rerank(RerankConfig(**base, output=str(output)), reranker=CrashAfter(2))
+    assert not output.exists()
+    partial = output.with_name("resumed.txt.partial")
+    assert len(partial.read_text().splitlines()) == 1 + 2  # header + 2 groups of one query
+    outcome = run_rerank(RerankConfig(**base, output=str(output)), reranker=decoder)
+    assert outcome.resumed_groups == 2 and outcome.pairs_scored == 20
+    assert output.read_bytes() == uninterrupted.read_bytes()
+    assert not partial.exists()
+
+
+def test_resuming_with_another_depth_is_refused(tmp_path, decoder, decoder_dir):
+    candidates = dl19_subset(tmp_path / "c.json", queries=1, hits=5)
+    output = tmp_path / "run.txt"
+    partial = output.with_name("run.txt.partial")
+    PartialRun.open(partial, {"stale": True}).close()
+    with pytest.raises(UserError, match="other settings"):
+        run_rerank(RerankConfig(model=str(decoder_dir), candidates=str(candidates), output=str(output),
+                                show_progress=False), reranker=decoder)
+    assert partial.exists() and not output.exists()  # the user's progress is theirs to delete
+
+
+# ------------------------------------------------------------------------------------------ --run with a real index
+
+
+@pytest.fixture(scope="session")
+def small_index(tmp_path_factory) -> tuple[Path, Path]:
+    """A Lucene index of 6 passages and topics for 2 queries, built with Anserini (session-scoped: JVM start)."""
+    pytest.importorskip("pyserini")
+    from pyserini_ssm.first_stage.lucene import build_index
+
+    root = tmp_path_factory.mktemp("small_index")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    documents = {
+        "d1": "The giant panda eats bamboo for most of the day in the mountains of China.",
+        "d2": "Bamboo is a fast growing grass used for building and for furniture.",
+        "d3": "Red pandas are small mammals that also eat bamboo leaves.",
+        "d4": "Mamba is a state space model architecture for long sequences.",
+        "d5": "State space models scan sequences in linear time with a recurrent state.",
+        "d6": "A reranker scores each query and document pair with a cross-encoder.",
+    }
+    with open(corpus / "docs.jsonl", "w") as handle:
+        for docid, text in documents.items():
+            handle.write(json.dumps({"id": docid, "contents": text}) + "\n")
+    index = root / "index"
+    build_index(corpus, index)
+    topics = root / "topics.tsv"
+    topics.write_text("q1\twhat do pandas eat\nq2\tstate space model mamba\n")
+    return index, topics
+
+
+@pytest.mark.java
+def test_run_mode_fetches_texts_from_the_index(tmp_path, small_index, decoder, decoder_dir):
+    index, topics = small_index
+    first_stage = tmp_path / "bm25.txt"
+    first_stage.write_text("".join(
+        f"{qid} Q0 {docid} {rank} {10 - rank}.0 bm25\n"
+        for qid, docids in (("q1", ["d1", "d3", "d2", "d6"]), ("q2", ["d4", "d5", "d6"]))
+        for rank, docid in enumerate(docids, start=1)
+    ))
+    output = tmp_path / "reranked.txt"
+    outcome = run_rerank(RerankConfig(model=str(decoder_dir), index=str(index), topics=str(topics),
+                                      run=str(first_stage), output=str(output), rerank_depth=3, show_progress=False),
+                         reranker=decoder)
+    assert outcome.pairs_scored == 6
+    run = read_run(output)
+    assert sorted(h.docid for h in run["q1"][:3]) == ["d1", "d2", "d3"] and run["q1"][3].docid == "d6"
+    # The scores are the model's on the index texts: score one pair directly and compare.
+    direct = decoder.predict([("what do pandas eat", "Red pandas are small mammals that also eat bamboo leaves.")])
+    assert {h.docid: h.score for h in run["q1"]}["d3"] == round_score(float(direct[0]))
+
+
+@pytest.mark.java
+def test_run_mode_docid_missing_from_the_index_is_named_or_skipped(tmp_path, small_index, decoder, decoder_dir):
+    index, topics = small_index
+    first_stage = tmp_path / "bm25.txt"
+    first_stage.write_text("q1 Q0 d1 1 3.0 bm25\nq1 Q0 nosuchdoc 2 2.0 bm25\nq1 Q0 d2 3 1.0 bm25\n")
+    output = tmp_path / "reranked.txt"
+    config = dict(model=str(decoder_dir), index=str(index), topics=str(topics), run=str(first_stage),
+                  output=str(output), show_progress=False)
+    with pytest.raises(UserError, match=r"nosuchdoc.*--skip-missing"):
+        run_rerank(RerankConfig(**config), reranker=decoder)
+    assert not output.exists() and not output.with_name("reranked.txt.partial").exists()
+    outcome = run_rerank(RerankConfig(**config, skip_missing=True), reranker=decoder)
+    assert outcome.skipped_documents == 1
+    assert [h.docid for h in read_run(output)["q1"]] != [] and "nosuchdoc" not in {
+        h.docid for h in read_run(output)["q1"]}
