@@ -21,7 +21,7 @@ usage_model() {
 }
 
 # A name safe in file names: mamba2-780m stays, /path/to/checkpoint becomes checkpoint.
-model_label() { basename "$1" | tr -c 'A-Za-z0-9._-\n' '_'; }
+model_label() { basename "$1" | tr -c 'A-Za-z0-9._\n-' '_'; }
 
 # The Hugging Face checkpoint a registry name loads (or the folder itself), for the download notice.
 model_source() {
@@ -46,7 +46,7 @@ announce() {
   local index=$1 topics=$2 qrels=$3 model=$4
   echo "== $EXPERIMENT: BM25 top-$HITS on $index, rerank top-$DEPTH with $model, evaluate, leaderboard row"
   echo "This will download, once (Pyserini caches in ~/.cache/pyserini, Hugging Face in ~/.cache/huggingface):"
-  if [[ -d "$index" ]]; then
+  if [[ -d "$index" || "$index" == */* ]]; then
     echo "  - nothing for the index: local folder $index"
   else
     echo "  - Pyserini prebuilt Lucene index '$index' (several GB for MS MARCO; BEIR indexes are smaller)"

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--rerank-depth", type=int, default=100,
                        help="rerank the top N candidates; the rest keep their first-stage order below (default 100)")
     model.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default 32)")
+    model.add_argument("--group-pairs", type=int, default=4096,
+                       help="pairs per scoring call, whole queries (default 4096): length sorting and packing work "
+                            "across them; a resumed run skips finished groups")
     model.add_argument("--max-length", type=int, help="tokens per pair (default: the model's)")
     model.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: the model's for the device")
     model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun, "
@@ -83,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hits=args.hits,
         rerank_depth=args.rerank_depth,
         batch_size=args.batch_size,
+        group_pairs=args.group_pairs,
         max_length=args.max_length,
         dtype=args.dtype,
         device=args.device,

@@ -34,7 +34,7 @@ import os
 import re
 import sys
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -93,6 +93,9 @@ class RerankConfig:
     hits: int = 1000  # BM25 depth (index mode only)
     rerank_depth: int = 100
     batch_size: int = 32
+    # Pairs handed to one `predict` call (whole queries): length sorting, packing and tokenization overlap work
+    # across this many pairs, and it is the unit that a resumed run skips.
+    group_pairs: int = 4096
     max_length: int | None = None
     dtype: str | None = None  # bf16 | fp16 | fp32; None: the model's default for the device
     device: str | None = None
@@ -216,7 +219,8 @@ def score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked:
 
 
 def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, depth: int = 100,
-                      batch_size: int = 32, skip_missing: bool = False) -> Iterator[tuple[str, list[Hit]]]:
+                      batch_size: int = 32, skip_missing: bool = False,
+                      group_pairs: int = 4096) -> Iterator[tuple[str, list[Hit]]]:
     """Rerank queries whose top-`depth` hits carry their text; yields (qid, final hits) per query, lazily.
 
     The same scoring as `run_rerank` (groups planned greedily as queries arrive), without files: the Python API for
@@ -240,7 +244,7 @@ def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, 
     for query in queries:
         reranked, tail = _split_for_rerank(query, depth)
         reranked = _check_texts(query, reranked, skip_missing, skipped)
-        if group and pairs + len(query.hits[:depth]) > batch_size:
+        if group and pairs + len(query.hits[:depth]) > max(group_pairs, batch_size):
             yield from flush()
             group, pairs = [], 0
         group.append((query, reranked, tail))
@@ -545,6 +549,7 @@ def _validate(config: RerankConfig) -> None:
     """Cheap checks of the flags, before any model or index is loaded."""
     _check_positive("--rerank-depth", config.rerank_depth)
     _check_positive("--batch-size", config.batch_size)
+    _check_positive("--group-pairs", config.group_pairs)
     _check_positive("--hits", config.hits)
     _check_positive("fetch batch size", config.fetch_batch_size)
     if config.max_length is not None:
@@ -738,7 +743,7 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     _check_queries_fit(reranker, queries)
 
     pair_counts = [min(depth, len(query.hits)) for query in queries]
-    plan = plan_groups(pair_counts, config.batch_size)
+    plan = plan_groups(pair_counts, max(config.group_pairs, config.batch_size))
     groups = [_Group(index, [queries[i] for i in members], sum(pair_counts[i] for i in members))
               for index, members in enumerate(plan)]
     shards = shard_by_cost([group.pairs for group in groups], context.world_size)
@@ -748,6 +753,7 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         "model": _model_fingerprint(config.model),
         "rerank_depth": depth,
         "batch_size": config.batch_size,
+        "group_pairs": config.group_pairs,
         "max_length": config.max_length,
         "dtype": config.dtype,
         "backend": config.backend,
@@ -849,7 +855,3 @@ def format_metrics(metrics: dict[str, tuple[float, float]]) -> str:
     lines = [f"{'metric':<{width}}  {'first stage':>11}  {'reranked':>8}"]
     lines += [f"{name:<{width}}  {before:>11.4f}  {after:>8.4f}" for name, (before, after) in metrics.items()]
     return "\n".join(lines)
-
-
-def config_as_dict(config: RerankConfig) -> dict[str, Any]:
-    return asdict(config)

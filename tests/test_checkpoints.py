@@ -95,11 +95,14 @@ def test_state_spaces_folder_loads_into_the_same_model(tiny_reranker, tmp_path, 
     np.testing.assert_allclose(loaded.predict(PAIRS), ours.predict(PAIRS), rtol=0, atol=1e-6)
 
 
-def test_rankmamba_mamba_checkpoint_scores_as_their_code_does(tiny_reranker, tmp_path):
-    """Their layout: base_model.* (transformers MambaModel) + regressor.classifier.*, tokenizer files, no config.
-    Their inference: "Document: d\\n\\nQuery: q" + eos, LEFT padding with the attention mask, hidden[:, -1]."""
-    ours = load(tiny_reranker("mamba1"))
-    hf_backbone = ours.model.backbone.model  # transformers MambaModel
+@pytest.mark.parametrize("name", ["mamba1-130m", "pythia-160m", "opt-125m"])
+def test_rankmamba_causal_checkpoint_scores_as_their_code_does(tiny_reranker, tmp_path, name):
+    """Their layout: base_model.* (a transformers MambaModel/AutoModel) + regressor.classifier.*, tokenizer files
+    (a Mamba folder has no config.json; decoders need theirs copied in). Their inference: "Document: d\\n\\nQuery: q"
+    + eos, LEFT padding with the attention mask, hidden[:, -1]."""
+    ours = load(tiny_reranker(name))
+    mamba = ours.spec.family == "mamba1"
+    hf_backbone = ours.model.backbone.model if mamba else ours.model.backbone
     torch.manual_seed(1)
     state = {f"base_model.{key}": value for key, value in hf_backbone.state_dict().items()}
     state["regressor.classifier.weight"] = torch.randn(1, hf_backbone.config.hidden_size)
@@ -108,9 +111,11 @@ def test_rankmamba_mamba_checkpoint_scores_as_their_code_does(tiny_reranker, tmp
     directory.mkdir()
     torch.save(state, directory / "pytorch_model.bin")
     ours.tokenizer.save_pretrained(str(directory))
+    if not mamba:
+        hf_backbone.config.save_pretrained(str(directory))
 
     loaded = load(directory, expect_untrained=False)
-    assert loaded.spec.template == "rankmamba-decoder" and loaded.spec.family == "mamba1"
+    assert loaded.spec.template == "rankmamba-decoder" and loaded.spec.family == ours.spec.family
     scores = loaded.predict(PAIRS)
 
     tokenizer = ours.tokenizer

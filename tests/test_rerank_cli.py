@@ -187,7 +187,7 @@ def test_nonpositive_depth_is_a_user_error(tmp_path, capsys):
 def test_torchrun_two_gloo_processes_equal_one_process(tmp_path, model_dir, capsys):
     candidates = write_subset(tmp_path / "c.json", queries=7, hits=25)
     common = ["--candidates", str(candidates), "--model", str(model_dir), "--rerank-depth", "20",
-              "--batch-size", "16", "--no-progress"]
+              "--batch-size", "16", "--group-pairs", "20", "--no-progress"]  # 7 groups to shard
     single = tmp_path / "single.txt"
     status, _, err = call(common + ["--output", str(single)], capsys)
     assert status == 0, err
@@ -204,7 +204,9 @@ def test_torchrun_two_gloo_processes_equal_one_process(tmp_path, model_dir, caps
 
 def test_sigkill_midway_then_rerun_is_byte_identical(tmp_path, model_dir, capsys, caplog):
     candidates = require_shared(*DL19_CANDIDATES)
-    common = ["--candidates", str(candidates), "--model", str(model_dir), "--rerank-depth", "30", "--no-progress"]
+    # One query per group (30 pairs), so that progress is committed query by query.
+    common = ["--candidates", str(candidates), "--model", str(model_dir), "--rerank-depth", "30",
+              "--group-pairs", "30", "--no-progress"]
     killed = tmp_path / "killed.txt"
     partial = tmp_path / "killed.txt.partial"
     process = subprocess.Popen([sys.executable, "-m", "pyserini_ssm.rerank", *common, "--output", str(killed)],

@@ -244,7 +244,7 @@ def test_python_api_matches_the_pipeline(tmp_path, decoder, decoder_dir):
 def test_resuming_skips_finished_queries_and_gives_the_same_bytes(tmp_path, decoder, decoder_dir):
     candidates = dl19_subset(tmp_path / "c.json", queries=4, hits=10)
     base = dict(model=str(decoder_dir), candidates=str(candidates), rerank_depth=10, batch_size=16,
-                show_progress=False)
+                group_pairs=16, show_progress=False)  # one query per group, so there is something to resume
     uninterrupted = tmp_path / "full.txt"
     run_rerank(RerankConfig(**base, output=str(uninterrupted)), reranker=decoder)
 
@@ -352,3 +352,27 @@ def test_run_mode_docid_missing_from_the_index_is_named_or_skipped(tmp_path, sma
     assert outcome.skipped_documents == 1
     assert [h.docid for h in read_run(output)["q1"]] != [] and "nosuchdoc" not in {
         h.docid for h in read_run(output)["q1"]}
+
+
+@pytest.mark.java
+def test_index_mode_searches_bm25_then_reranks(tmp_path, small_index, decoder, decoder_dir):
+    index, topics = small_index
+    output = tmp_path / "run.txt"
+    outcome = run_rerank(RerankConfig(model=str(decoder_dir), index=str(index), topics=str(topics), hits=4,
+                                      rerank_depth=2, output=str(output), show_progress=False), reranker=decoder)
+    from pyserini_ssm.first_stage.lucene import bm25_search, open_searcher
+
+    bm25 = bm25_search(open_searcher(index), {"q1": "what do pandas eat", "q2": "state space model mamba"}, hits=4)
+    run = read_run(output)
+    assert list(run) == ["q1", "q2"] and outcome.pairs_scored == sum(min(2, len(h)) for h in bm25.values())
+    for qid, hits in bm25.items():
+        assert sorted(h.docid for h in run[qid][:2]) == sorted(h.docid for h in hits[:2])
+        assert [h.docid for h in run[qid][2:]] == [h.docid for h in hits[2:]]
+
+
+def test_empty_text_is_named_or_skipped(decoder):
+    query = RerankQuery("q7", "what is a panda", [Hit("d1", 2.0, "A panda is a bear."), Hit("d2", 1.0, "  ")])
+    with pytest.raises(UserError, match=r"'d2' \(query q7\) has empty text.*--skip-missing"):
+        list(rerank_candidates(decoder, [query], depth=2))
+    [(qid, hits)] = rerank_candidates(decoder, [query], depth=2, skip_missing=True)
+    assert qid == "q7" and [h.docid for h in hits] == ["d1"]

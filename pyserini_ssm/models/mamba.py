@@ -12,12 +12,16 @@ See docs/MAMBA.md for the mapping between the formats and what packing with `seq
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import logging
 import math
 import re
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import torch
 from torch import nn
@@ -739,7 +743,8 @@ class MambaBackbone(nn.Module):
         return hidden.to(dtype)  # transformers returns fp32 when residual_in_fp32; the kernels the weights' dtype
 
     def _torch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True)
+        with transformers_torch_functions(self.model):
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True)
         return output.last_hidden_state  # (B, L, D)
 
     def _torch_packed(self, input_ids: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
@@ -763,6 +768,50 @@ class MambaBackbone(nn.Module):
         packed = hidden.new_zeros(batch, length, hidden.shape[-1])
         packed[row_grid[valid].to(device), columns[valid].to(device)] = hidden[valid.to(device)]
         return packed
+
+
+# The functions transformers' Mamba modules call that recent transformers releases bind to mamba_ssm/causal_conv1d.
+_KERNEL_BOUND_FUNCTIONS = (
+    "causal_conv1d_fn", "causal_conv1d_update", "mamba_inner_fn", "selective_scan_fn", "selective_state_update",
+    "mamba_selective_scan", "mamba_selective_state_update", "mamba_chunk_scan_combined",
+    "mamba_split_conv1d_scan_combined",
+)
+
+
+def _keyword_filtered(function: Any) -> Any:
+    """`function` accepting (and ignoring) keywords it does not take, as transformers' kernel wrapper does."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return function
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **{key: value for key, value in kwargs.items() if key in parameters})
+
+    return call
+
+
+@contextlib.contextmanager
+def transformers_torch_functions(model: nn.Module) -> Iterator[None]:
+    """Run transformers' Mamba on its own torch code even where mamba_ssm is installed.
+
+    transformers 5.x binds mamba_ssm's kernels at import time whenever they import, whatever the tensors' device: a
+    CPU forward then crashes inside Triton, and the "torch" backend would silently be the kernels. The decorated
+    functions keep their torch body as `__wrapped__`; this swaps it in for the duration of the forward.
+    """
+    module = sys.modules.get(type(model).__module__)
+    swapped: dict[str, Any] = {}
+    for name in _KERNEL_BOUND_FUNCTIONS:
+        bound = getattr(module, name, None)
+        torch_body = getattr(bound, "__wrapped__", None)
+        if torch_body is not None:
+            swapped[name] = bound
+            setattr(module, name, _keyword_filtered(torch_body))
+    try:
+        yield
+    finally:
+        for name, bound in swapped.items():
+            setattr(module, name, bound)
 
 
 def _resolve_backend(backend: str) -> Literal["torch", "cuda"]:
