@@ -182,3 +182,35 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_score(tiny_reranker):
         reranker.model = real_model
     assert max(seen) == 12 and sorted(set(seen))[0] <= 2
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- GPU (run on the device)
+
+GPU_PAIRS = [("what is a state space model", "A state space model maps an input sequence through a hidden state. " * k)
+             for k in range(1, 9)] + [("why do cats purr", "Cats purr when content, and sometimes when hurt.")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["mamba1", "mamba2"])
+def test_kernel_backend_scores_equal_torch_backend_on_the_same_checkpoint(family, tiny_reranker):
+    pytest.importorskip("mamba_ssm")
+    checkpoint = tiny_reranker(family)
+    torch_path = load(checkpoint, device="cuda", dtype="fp32", backend="torch")
+    assert torch_path.model.backbone.backend == "torch"
+    expected = torch_path.predict(GPU_PAIRS, batch_size=4)
+    for dtype, tolerance in (("fp32", 1e-3), ("bf16", 5e-2)):
+        kernels = load(checkpoint, device="cuda", dtype=dtype, backend="cuda")
+        assert kernels.model.backbone.backend == "cuda"
+        got = kernels.predict(GPU_PAIRS, batch_size=4)
+        error = np.abs(got - expected).max() / np.abs(expected).max()
+        print(f"[reranker parity] {family} kernels {dtype} vs torch fp32: max abs err / max |score| {error:.2e}")
+        assert error < tolerance
+
+
+@pytest.mark.gpu
+def test_cpu_device_on_a_gpu_machine_uses_the_torch_backend(tiny_reranker):
+    """transformers binds mamba-ssm's kernels whatever the device: a CPU reranker must still run torch code."""
+    reranker = load(tiny_reranker("mamba2"), device="cpu", dtype="fp32")
+    assert reranker.model.backbone.backend == "torch"
+    on_gpu = load(tiny_reranker("mamba2"), device="cuda", dtype="fp32", backend="torch")
+    np.testing.assert_allclose(reranker.predict(GPU_PAIRS), on_gpu.predict(GPU_PAIRS), rtol=1e-4, atol=1e-5)

@@ -814,17 +814,24 @@ def transformers_torch_functions(model: nn.Module) -> Iterator[None]:
             setattr(module, name, bound)
 
 
-def _resolve_backend(backend: str) -> Literal["torch", "cuda"]:
+def _resolve_backend(backend: str, device: torch.device | str | None = None) -> Literal["torch", "cuda"]:
+    """The backend to build for `device` (default: CUDA when available): the kernels only ever run on a GPU."""
     if backend not in ("auto", "torch", "cuda"):
         raise UserError(f"unknown Mamba backend {backend!r} (choose auto, torch or cuda)")
     if backend == "torch":
         return "torch"
-    usable = torch.cuda.is_available() and mamba_ssm_available()
+    on_gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    usable = on_gpu and torch.cuda.is_available() and mamba_ssm_available()
     if backend == "cuda" and not usable:
-        reason = "CUDA is not available" if not torch.cuda.is_available() else "mamba_ssm/causal_conv1d do not import"
+        if not torch.cuda.is_available():
+            reason = "CUDA is not available"
+        elif not on_gpu:
+            reason = f"the model is to run on {device}, not on a GPU (use backend torch there)"
+        else:
+            reason = "mamba_ssm/causal_conv1d do not import"
         raise UserError(f"the cuda Mamba backend needs a GPU and mamba-ssm: {reason} (install: {KERNEL_INSTALL_HINT})")
     if backend == "auto" and not usable:
-        logger.info("Mamba backend: transformers' torch implementation (no CUDA or no mamba_ssm)")
+        logger.info("Mamba backend: transformers' torch implementation (CPU, no CUDA or no mamba_ssm)")
     return "cuda" if usable else "torch"
 
 
@@ -837,10 +844,13 @@ def build_mamba_backbone(
 
     backend: `torch` (transformers' implementation, on the model's device), `cuda` (mamba_ssm kernels on `device`,
     default the current CUDA device; the weights are shared with the given model when it is already there), or
-    `auto` (cuda when CUDA is available and mamba_ssm imports, else torch).
+    `auto` (cuda when the model is to run on a GPU and mamba_ssm imports, else torch; without `device`, a given
+    model's own device decides).
     From a config, the weights are freshly initialised by the chosen backend's library.
     """
-    chosen = _resolve_backend(backend)
+    if device is None and isinstance(model_or_config, nn.Module) and backend != "cuda":
+        device = next(model_or_config.parameters()).device  # `torch` keeps the model where it is
+    chosen = _resolve_backend(backend, device)
     if hasattr(model_or_config, "model_type") and not isinstance(model_or_config, nn.Module):
         config = model_or_config
         family_of(config)
