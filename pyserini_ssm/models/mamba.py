@@ -770,14 +770,6 @@ class MambaBackbone(nn.Module):
         return packed
 
 
-# The functions transformers' Mamba modules call that recent transformers releases bind to mamba_ssm/causal_conv1d.
-_KERNEL_BOUND_FUNCTIONS = (
-    "causal_conv1d_fn", "causal_conv1d_update", "mamba_inner_fn", "selective_scan_fn", "selective_state_update",
-    "mamba_selective_scan", "mamba_selective_state_update", "mamba_chunk_scan_combined",
-    "mamba_split_conv1d_scan_combined",
-)
-
-
 def _keyword_filtered(function: Any) -> Any:
     """`function` accepting (and ignoring) keywords it does not take, as transformers' kernel wrapper does."""
     parameters = inspect.signature(function).parameters
@@ -801,12 +793,11 @@ def transformers_torch_functions(model: nn.Module) -> Iterator[None]:
     """
     module = sys.modules.get(type(model).__module__)
     swapped: dict[str, Any] = {}
-    for name in _KERNEL_BOUND_FUNCTIONS:
-        bound = getattr(module, name, None)
-        torch_body = getattr(bound, "__wrapped__", None)
-        if torch_body is not None:
+    for name, bound in list(vars(module).items()) if module is not None else []:
+        # The kernel wrapper's own code object is named `wrapped` (aliases such as `mamba2_chunk_scan` included).
+        if inspect.isfunction(bound) and bound.__code__.co_name == "wrapped" and hasattr(bound, "__wrapped__"):
             swapped[name] = bound
-            setattr(module, name, _keyword_filtered(torch_body))
+            setattr(module, name, _keyword_filtered(bound.__wrapped__))
     try:
         yield
     finally:
