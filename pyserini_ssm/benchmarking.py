@@ -370,45 +370,20 @@ def build_bench_reranker(name: str, *, scale: str = "full", tokenizer: Any = Non
                          dtype: Any = None, backend: str = "auto", max_length: int = 512, seed: int = 0) -> Any:
     """A `Reranker` with random weights of a registry (or bench) architecture at `scale`, built on `device` — or,
     when `name` is a folder, the checkpoint in it (real weights)."""
-    import torch
-
-    from pyserini_ssm.models.reranker import Reranker, resolve_device, resolve_dtype
+    from pyserini_ssm.models.reranker import Reranker
 
     if Path(name).is_dir():
         return Reranker.from_pretrained(name, device=device, dtype=dtype, max_length=max_length, backend=backend,
                                         tokenizer=tokenizer)
-    from pyserini_ssm.init import build_random_backbone, sized_architecture
-    from pyserini_ssm.models.checkpoints import LoadedCheckpoint, load_tokenizer
-    from pyserini_ssm.models.scoring import output_hidden_size
-    from pyserini_ssm.models.templates import ensure_added_tokens, get_template
+    from pyserini_ssm.init import build_random_reranker
+    from pyserini_ssm.models.checkpoints import load_tokenizer
 
     spec = replace(bench_spec(name), max_length=max_length)
     if tokenizer is None:
         tokenizer = synthetic_tokenizer()
     elif isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
-    ensure_added_tokens(tokenizer, get_template(spec.template))
-    architecture = sized_architecture(spec, scale, len(tokenizer))
-    for key, token_id in (("pad_token_id", tokenizer.pad_token_id), ("bos_token_id", tokenizer.bos_token_id),
-                          ("eos_token_id", tokenizer.eos_token_id)):
-        if key in architecture and token_id is not None:
-            architecture[key] = int(token_id)
-    if tokenizer.bos_token_id is None and "bos_token_id" in architecture:
-        architecture["bos_token_id"] = architecture.get("eos_token_id")  # a synthetic tokenizer has no BOS
-    resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
-    torch.manual_seed(seed)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backbone = build_random_backbone(spec, architecture, dtype=resolved_dtype, device=resolved_device)
-        head = torch.nn.Linear(output_hidden_size(backbone.config), 1)
-        torch.nn.init.normal_(head.weight, std=0.02)
-        loaded = LoadedCheckpoint(replace(spec, architecture=architecture), backbone, tokenizer,
-                                  {"weight": head.weight.detach(), "bias": head.bias.detach()}, False, "random",
-                                  f"random {spec.name} ({scale})")
-        return Reranker.from_loaded(loaded, device=resolved_device, dtype=resolved_dtype, backend=backend)
+    return build_random_reranker(spec, scale, tokenizer, seed=seed, device=device, dtype=dtype, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ def _align_special_tokens(architecture: dict[str, Any], tokenizer: Any) -> None:
                           ("eos_token_id", tokenizer.eos_token_id)):
         if key in architecture and token_id is not None:
             architecture[key] = int(token_id)
+    if "bos_token_id" in architecture and tokenizer.bos_token_id is None and tokenizer.eos_token_id is not None:
+        # A tokenizer without BOS (e.g. a synthetic one): keep the config's BOS id inside the vocabulary.
+        architecture["bos_token_id"] = int(tokenizer.eos_token_id)
 
 
 def build_random_backbone(spec: Any, architecture: dict[str, Any], dtype: Any = None, device: Any = None) -> Any:
@@ -78,17 +81,19 @@ def build_random_backbone(spec: Any, architecture: dict[str, Any], dtype: Any = 
     return model
 
 
-def build_random_reranker(model: str, scale: str = "tiny", tokenizer: Any = None, *, seed: int = 0,
+def build_random_reranker(model: Any, scale: str = "tiny", tokenizer: Any = None, *, seed: int = 0,
                           device: Any = None, dtype: Any = None, backend: str = "auto") -> Any:
-    """A `Reranker` with random weights, in memory (benchmarks build full-size models this way, on the GPU)."""
+    """A `Reranker` with random weights, in memory (benchmarks build full-size models this way, on the GPU).
+
+    `model` is a registry name or a `ModelSpec` (the bench's own architectures)."""
     import torch
 
     from pyserini_ssm.models.checkpoints import LoadedCheckpoint
-    from pyserini_ssm.models.registry import get_spec
+    from pyserini_ssm.models.registry import ModelSpec, get_spec
     from pyserini_ssm.models.reranker import Reranker, resolve_device, resolve_dtype
     from pyserini_ssm.models.templates import ensure_added_tokens, get_template
 
-    spec = get_spec(model)
+    spec = model if isinstance(model, ModelSpec) else get_spec(model)
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         tokenizer = _tokenizer_or_hint(tokenizer, spec)
     ensure_added_tokens(tokenizer, get_template(spec.template))
