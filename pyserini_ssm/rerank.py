@@ -4,6 +4,7 @@
     python -m pyserini_ssm.rerank --index INDEX --topics TOPICS --run bm25.txt --model DIR
     python -m pyserini_ssm.rerank --candidates retrieve_results_dl19.json.gz --model DIR --qrels dl19-passage
     torchrun --nproc-per-node 8 -m pyserini_ssm.rerank ...   (queries sharded over the GPUs, one merged run)
+    python -m pyserini_ssm.rerank --index msmarco-v1-doc --topics msmarco-doc-dev --model DIR --doc-mode maxp
 
 Argument parsing only; the pipeline is `pyserini_ssm.reranking.run_rerank`.
 """
@@ -59,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SSM implementation: auto (mamba-ssm kernels on CUDA when installed), or as the models "
                        "module lists")
 
+    documents = parser.add_argument_group("document ranking (MS MARCO document: FirstP, MaxP)")
+    documents.add_argument("--doc-mode", choices=("passage", "firstp", "maxp"), default="passage",
+                           help="passage: each candidate's text as it is (default); firstp: the start of each "
+                           "document, as much as --max-length holds; maxp: each document's best overlapping segment "
+                           "(candidates that are segments already, ids like D1#3, are not cut again)")
+    documents.add_argument("--segment-unit", choices=("words", "sentences"), default="words",
+                           help="maxp: segments of words (default) or sentences")
+    documents.add_argument("--segment-window", type=int,
+                           help="maxp: units per segment (default 150 words, 10 sentences)")
+    documents.add_argument("--segment-stride", type=int,
+                           help="maxp: a new segment every N units (default half the window: 75 words, 5 sentences)")
+
     output = parser.add_argument_group("output")
     output.add_argument("--output", help="run file (default: runs/run.<source>.<model>.rerank<depth>.txt)")
     output.add_argument("--tag", help="run tag (default: the model's name)")
@@ -99,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bm25_b=args.b,
         threads=args.threads,
         show_progress=not args.no_progress,
+        doc_mode=args.doc_mode,
+        segment_unit=args.segment_unit,
+        segment_window=args.segment_window,
+        segment_stride=args.segment_stride,
     )
     outcome = run_rerank(config)
     if rank == 0:

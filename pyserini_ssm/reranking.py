@@ -20,6 +20,10 @@ Scores: the top `depth` candidates get the model's score, rounded to the 6 decim
 by that rounded score, ties by docid, as `runs.format_run_lines` writes them). The candidates below the depth keep
 their first-stage order underneath: the j-th of them (from 0) gets `lowest reranked score - (j + 1)`, so every
 tool that sorts a run by score keeps them in that order and below every reranked document.
+
+Document ranking (`doc_mode`, see `DocumentMode`): `firstp` reads the start of each document (the model's max length
+truncates it); `maxp` scores overlapping segments of each document (or the first stage's segments `D1#3`) and gives
+each document its best segment's score. The run then lists documents.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ from pyserini_ssm.distributed import (
     shard_by_cost,
     shutdown,
 )
+from pyserini_ssm.documents import (
+    DEFAULT_SENTENCE_WINDOW,
+    DEFAULT_WORD_WINDOW,
+    SegmentConfig,
+    aggregate_max,
+    doc_id_of_segment,
+    expand_documents,
+    firstp_text,
+    max_passage_run,
+)
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import atomic_output, check_output_path
 from pyserini_ssm.runs import Hit, format_run_lines
@@ -57,6 +71,10 @@ SCORE_DECIMALS = 6  # what runs.format_run_lines writes; scores are rounded to i
 PARTIAL_FORMAT = "pyserini_ssm.rerank.partial"
 PARTIAL_VERSION = 1
 DEFAULT_OUTPUT_DIR = Path("runs")
+DOC_MODES = ("passage", "firstp", "maxp")
+SEGMENT_DEFAULT_WINDOWS = {"words": DEFAULT_WORD_WINDOW, "sentences": DEFAULT_SENTENCE_WINDOW}
+# Ids of a segmented collection (Pyserini's msmarco-v1-doc-segmented): `<docid>#<segment number>`.
+_SEGMENT_ID = re.compile(r".+#[0-9]+")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -110,10 +128,67 @@ class RerankConfig:
     fetch_batch_size: int = 1000  # documents fetched from the index per call
     show_progress: bool = True
     metrics: tuple[str, ...] | None = None  # None: evaluation's defaults for the collection
+    # Document ranking: passage (each hit's text as it is) | firstp (the start of each document) | maxp (the best
+    # of each document's overlapping segments). Segments: `segment_window` units every `segment_stride`; None takes
+    # 150 words / 10 sentences, and half the window. Hits that are segments already (`D1#3`) are not cut again.
+    doc_mode: str = "passage"
+    segment_unit: str = "words"  # words | sentences
+    segment_window: int | None = None
+    segment_stride: int | None = None
 
     @property
     def source(self) -> str:
         return "candidates" if self.candidates else "run" if self.run else "index"
+
+    def segment_config(self) -> SegmentConfig:
+        """The MaxP segmentation: window default per unit (150 words, 10 sentences), stride default half the window
+        (75 words, 5 sentences: Dai & Callan's and Pyserini's segmented index's). UserError for bad values."""
+        window = self.segment_window
+        if window is None:
+            window = SEGMENT_DEFAULT_WINDOWS.get(self.segment_unit, DEFAULT_WORD_WINDOW)
+        stride = self.segment_stride if self.segment_stride is not None else max(1, window // 2)
+        return SegmentConfig(self.segment_unit, window, stride)
+
+
+@dataclass(frozen=True)
+class DocumentMode:
+    """How the reranked hits of a query become the model's inputs and how their scores become document scores.
+
+    - `passage`: each hit's text, one score per hit.
+    - `firstp`: `documents.firstp_text(None, text)` (whitespace normalised); the model's max length keeps the start.
+    - `maxp`, `presegmented=False`: each hit (a whole document) is cut into `segments`; its score is the maximum over
+      its segments (`documents.expand_documents`, `documents.aggregate_max`).
+    - `maxp`, `presegmented=True`: the hits are segments `<docid>#<n>` (a segmented index); segments are taken best
+      first until `depth` distinct documents, scored, and aggregated per document (`documents.doc_id_of_segment`);
+      the remaining segments become a document list below (`documents.max_passage_run`) without the reranked ones.
+    """
+
+    mode: str = "passage"
+    segments: SegmentConfig = SegmentConfig()
+    presegmented: bool = False
+
+    def __post_init__(self):
+        if self.mode not in DOC_MODES:
+            raise UserError(f"unknown document mode {self.mode!r}; choose {', '.join(DOC_MODES)}")
+
+    @property
+    def cuts_documents(self) -> bool:
+        """Whether each reranked hit turns into several model inputs (so the plan counts documents, not pairs)."""
+        return self.mode == "maxp" and not self.presegmented
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What a resumed run must share; None for `passage` (partial files of earlier versions stay valid)."""
+        if self.mode == "passage":
+            return None
+        if self.mode == "firstp":
+            return {"mode": "firstp"}
+        if self.presegmented:
+            return {"mode": "maxp", "segments": "first-stage segment ids"}
+        return {"mode": "maxp", "unit": self.segments.unit, "window": self.segments.window,
+                "stride": self.segments.stride}
+
+
+PASSAGE_MODE = DocumentMode()
 
 
 @dataclass
@@ -154,8 +229,52 @@ def merge_reranked(reranked: Sequence[Hit], scores: Sequence[float], tail: Seque
     return ranked
 
 
-def _split_for_rerank(query: QueryCandidates, depth: int) -> tuple[list[Hit], list[Hit]]:
-    return list(query.hits[:depth]), list(query.hits[depth:])
+def rerank_head_size(hits: Sequence[Hit], depth: int, segments_are_hits: bool = False) -> int:
+    """How many leading hits get scored: `depth` of them; with segments as hits (`D1#3`), the segments (best first)
+    up to `depth` distinct documents."""
+    if not segments_are_hits:
+        return min(depth, len(hits))
+    documents: set[str] = set()
+    for position, hit in enumerate(hits):
+        document = doc_id_of_segment(hit.docid)
+        if document not in documents:
+            if len(documents) == depth:
+                return position
+            documents.add(document)
+    return len(hits)
+
+
+def split_for_rerank(hits: Sequence[Hit], depth: int,
+                     doc_mode: DocumentMode = PASSAGE_MODE) -> tuple[list[Hit], list[Hit]]:
+    """(hits to score, the tail kept in first-stage order below them).
+
+    With segments as hits (`maxp`, presegmented) the tail is a document list: each remaining document at its best
+    remaining segment (Pyserini's max-passage), documents already reranked left out.
+    """
+    presegmented = doc_mode.mode == "maxp" and doc_mode.presegmented
+    head = rerank_head_size(hits, depth, presegmented)
+    reranked, rest = list(hits[:head]), list(hits[head:])
+    if not presegmented or not rest:
+        return reranked, rest
+    reranked_documents = {doc_id_of_segment(hit.docid) for hit in reranked}
+    documents = max_passage_run({"": rest}, hits=len(rest))[""]
+    return reranked, [hit for hit in documents if hit.docid not in reranked_documents]
+
+
+def detect_segment_ids(queries: Iterable[QueryCandidates]) -> bool:
+    """Whether the first-stage hits are segments `<docid>#<n>` (all of them) rather than whole documents (none)."""
+    segment, document = None, None
+    for query in queries:
+        for hit in query.hits:
+            if _SEGMENT_ID.fullmatch(hit.docid):
+                segment = segment or hit.docid
+            else:
+                document = document or hit.docid
+            if segment and document:
+                raise UserError(f"the candidates mix segment ids like {segment!r} (<docid>#<n>, a segmented index) "
+                                f"with document ids like {document!r}: --doc-mode maxp needs all segments or all "
+                                f"whole documents")
+    return segment is not None
 
 
 def _check_texts(query: QueryCandidates, reranked: list[Hit], skip_missing: bool,
@@ -202,32 +321,61 @@ class _Scorer(Protocol):
     def predict(self, pairs: list[tuple[str, str]], batch_size: int = 32, show_progress: bool = False) -> Any: ...
 
 
+def model_inputs(hits: Sequence[Hit], doc_mode: DocumentMode = PASSAGE_MODE) -> tuple[list[str], list[str]]:
+    """(texts the model scores, the document id each score counts for) for one query's reranked hits."""
+    if doc_mode.mode == "passage":
+        return [hit.text for hit in hits], [hit.docid for hit in hits]
+    if doc_mode.mode == "firstp":
+        return [firstp_text(None, hit.text) for hit in hits], [hit.docid for hit in hits]
+    if doc_mode.presegmented:
+        return [hit.text for hit in hits], [doc_id_of_segment(hit.docid) for hit in hits]
+    return expand_documents(((hit.docid, None, hit.text) for hit in hits), doc_mode.segments)
+
+
 def score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked: Sequence[Sequence[Hit]],
-                tails: Sequence[Sequence[Hit]], batch_size: int) -> list[list[Hit]]:
-    """Score one group's pairs in one `predict` call and merge each query's scores back (input order)."""
-    pairs = [(query.query, hit.text) for query, hits in zip(queries, reranked) for hit in hits]
+                tails: Sequence[Sequence[Hit]], batch_size: int,
+                doc_mode: DocumentMode = PASSAGE_MODE) -> list[list[Hit]]:
+    """Score one group's pairs (every segment of every document, in maxp) in one `predict` call and merge each
+    query's scores back (input order)."""
+    return _score_group(reranker, queries, reranked, tails, batch_size, doc_mode)[0]
+
+
+def _score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked: Sequence[Sequence[Hit]],
+                 tails: Sequence[Sequence[Hit]], batch_size: int,
+                 doc_mode: DocumentMode) -> tuple[list[list[Hit]], int]:
+    """`score_group`, and the number of pairs it scored."""
+    inputs = [model_inputs(hits, doc_mode) for hits in reranked]
+    pairs = [(query.query, text) for query, (texts, _) in zip(queries, inputs) for text in texts]
     scores = reranker.predict(pairs, batch_size=batch_size) if pairs else []
     if not all(math.isfinite(float(score)) for score in scores):
         bad = next(q.qid for q, hits in zip(queries, reranked) if hits)
         raise UserError(f"the model returned a non-finite score (NaN or inf) near query {bad}: fp16 overflows in "
                         f"some models; use --dtype bf16 or fp32")
     results, position = [], 0
-    for hits, tail in zip(reranked, tails):
-        results.append(merge_reranked(hits, [float(s) for s in scores[position:position + len(hits)]], tail))
-        position += len(hits)
-    return results
+    for hits, (texts, documents), tail in zip(reranked, inputs, tails):
+        query_scores = [float(s) for s in scores[position:position + len(texts)]]
+        position += len(texts)
+        if doc_mode.mode == "maxp":
+            best = aggregate_max(documents, query_scores)
+            results.append(merge_reranked([Hit(document, 0.0) for document in best], list(best.values()), tail))
+        else:
+            results.append(merge_reranked(hits, query_scores, tail))
+    return results, len(pairs)
 
 
 def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, depth: int = 100,
-                      batch_size: int = 32, skip_missing: bool = False,
-                      group_pairs: int = 4096) -> Iterator[tuple[str, list[Hit]]]:
+                      batch_size: int = 32, skip_missing: bool = False, group_pairs: int = 4096,
+                      doc_mode: DocumentMode = PASSAGE_MODE) -> Iterator[tuple[str, list[Hit]]]:
     """Rerank queries whose top-`depth` hits carry their text; yields (qid, final hits) per query, lazily.
 
     The same scoring as `run_rerank` (groups planned greedily as queries arrive), without files: the Python API for
     a stream of candidates. Hits below `depth` need no text and keep their first-stage order underneath.
+    `doc_mode`: FirstP/MaxP document ranking (`DocumentMode`); a stream cannot be looked at ahead, so say
+    `presegmented=True` when the hits are segments `D1#3` (`run_rerank` detects it with `detect_segment_ids`).
     """
     _check_positive("rerank depth", depth)
     _check_positive("batch size", batch_size)
+    presegmented = doc_mode.mode == "maxp" and doc_mode.presegmented
 
     def skipped(qid: str, docid: str, reason: str) -> None:
         logger.warning("skipping document %s of query %s: it %s", docid, qid, reason)
@@ -237,18 +385,19 @@ def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, 
 
     def flush() -> Iterator[tuple[str, list[Hit]]]:
         results = score_group(reranker, [q for q, _, _ in group], [r for _, r, _ in group], [t for _, _, t in group],
-                              batch_size)
+                              batch_size, doc_mode)
         for (query, _, _), hits in zip(group, results):
             yield query.qid, hits
 
     for query in queries:
-        reranked, tail = _split_for_rerank(query, depth)
+        reranked, tail = split_for_rerank(query.hits, depth, doc_mode)
+        cost = rerank_head_size(query.hits, depth, presegmented)
         reranked = _check_texts(query, reranked, skip_missing, skipped)
-        if group and pairs + len(query.hits[:depth]) > max(group_pairs, batch_size):
+        if group and pairs + cost > max(group_pairs, batch_size):
             yield from flush()
             group, pairs = [], 0
         group.append((query, reranked, tail))
-        pairs += len(query.hits[:depth])
+        pairs += cost
     if group:
         yield from flush()
 
@@ -433,6 +582,9 @@ def _load_queries(config: RerankConfig) -> tuple[list[RerankQuery], "_TextSource
     groups at a time (from the index, or by reading the candidates file again).
     """
     depth = config.rerank_depth
+    # The digest covers the texts of every hit that may be scored. In maxp the hits may be segments, whose head runs
+    # past `depth` (up to `depth` distinct documents); for whole documents that count is `depth` all the same.
+    maxp = config.doc_mode == "maxp"
     if config.source == "candidates":
         from pyserini_ssm.candidates import iter_candidates
 
@@ -440,11 +592,11 @@ def _load_queries(config: RerankConfig) -> tuple[list[RerankQuery], "_TextSource
         queries = []
         for candidate in iter_candidates(config.candidates):
             query = RerankQuery(str(candidate.qid), candidate.query, list(candidate.hits))
-            digest.add(query, depth, with_texts=True)
+            digest.add(query, rerank_head_size(query.hits, depth, segments_are_hits=maxp), with_texts=True)
             queries.append(RerankQuery(query.qid, query.query, [Hit(h.docid, h.score) for h in query.hits]))
         if not queries:
             raise UserError(f"{config.candidates}: the candidates file holds no queries")
-        return queries, _CandidateTexts(config.candidates, depth), digest.hexdigest()
+        return queries, _CandidateTexts(config.candidates), digest.hexdigest()
 
     from pyserini_ssm.first_stage.lucene import open_searcher
     from pyserini_ssm.topics import load_topics
@@ -469,7 +621,7 @@ def _load_queries(config: RerankConfig) -> tuple[list[RerankQuery], "_TextSource
     digest = _InputDigest()
     for query in queries:
         digest.add(query, depth, with_texts=False)
-    return queries, _IndexTexts(searcher, depth, config.fetch_batch_size, config.skip_missing), digest.hexdigest()
+    return queries, _IndexTexts(searcher, config.fetch_batch_size, config.skip_missing), digest.hexdigest()
 
 
 def _check_queries_fit(reranker: Any, queries: Sequence[RerankQuery]) -> None:
@@ -492,11 +644,11 @@ class _InputDigest:
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
 
-    def add(self, query: RerankQuery, depth: int, with_texts: bool) -> None:
+    def add(self, query: RerankQuery, head: int, with_texts: bool) -> None:
         self._digest.update(f"q\0{query.qid}\0{query.query}\0{len(query.hits)}\n".encode("utf-8"))
         for position, hit in enumerate(query.hits):
             self._digest.update(f"{hit.docid}\0{hit.score!r}\n".encode("utf-8"))
-            if with_texts and position < depth:
+            if with_texts and position < head:
                 self._digest.update(f"{hit.text}\n".encode("utf-8"))
 
     def hexdigest(self) -> str:
@@ -554,6 +706,12 @@ def _validate(config: RerankConfig) -> None:
     _check_positive("fetch batch size", config.fetch_batch_size)
     if config.max_length is not None:
         _check_positive("--max-length", config.max_length)
+    if config.doc_mode not in DOC_MODES:
+        raise UserError(f"unknown --doc-mode {config.doc_mode!r}; choose {', '.join(DOC_MODES)}")
+    for flag, value in (("--segment-window", config.segment_window), ("--segment-stride", config.segment_stride)):
+        if value is not None:
+            _check_positive(flag, value)
+    config.segment_config()
     if config.run and config.candidates:
         raise UserError("give either --run or --candidates, not both")
     if config.source != "candidates":
@@ -605,24 +763,28 @@ def _qrels_name(config: RerankConfig) -> str | None:
 class _Group:
     index: int
     queries: list[RerankQuery]
-    pairs: int  # planned pairs (top-depth hits), the sharding cost
+    heads: list[int]  # per query, how many leading hits are scored (and need their text)
+
+    @property
+    def pairs(self) -> int:
+        """The planning and sharding cost: scored hits (documents in maxp over whole documents)."""
+        return sum(self.heads)
 
 
 class _TextSource(Protocol):
     def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]: ...
 
 
-def _with_texts(query: RerankQuery, depth: int, texts: Any) -> RerankQuery:
-    top = [Hit(hit.docid, hit.score, texts.get(hit.docid)) for hit in query.hits[:depth]]
-    return RerankQuery(query.qid, query.query, top + list(query.hits[depth:]))
+def _with_texts(query: RerankQuery, head: int, texts: Any) -> RerankQuery:
+    top = [Hit(hit.docid, hit.score, texts.get(hit.docid)) for hit in query.hits[:head]]
+    return RerankQuery(query.qid, query.query, top + list(query.hits[head:]))
 
 
 class _IndexTexts:
-    """Fills in the texts of the top-depth hits from the index, one batched fetch per window of groups."""
+    """Fills in the texts of the scored hits from the index, one batched fetch per window of groups."""
 
-    def __init__(self, searcher: Any, depth: int, window: int, skip_missing: bool):
+    def __init__(self, searcher: Any, window: int, skip_missing: bool):
         self.searcher = searcher
-        self.depth = depth
         self.window = window
         self.skip_missing = skip_missing
 
@@ -641,21 +803,22 @@ class _IndexTexts:
     def _fetch(self, groups: list[_Group]) -> Iterator[_Group]:
         from pyserini_ssm.first_stage.lucene import fetch_texts
 
-        docids = list(dict.fromkeys(hit.docid for g in groups for q in g.queries for hit in q.hits[:self.depth]))
+        docids = list(dict.fromkeys(hit.docid for g in groups for q, head in zip(g.queries, g.heads)
+                                    for hit in q.hits[:head]))
         try:
             texts = fetch_texts(self.searcher, docids, skip_missing=self.skip_missing)
         except UserError as error:
             raise UserError(f"{error} (pass --skip-missing to leave such documents out)") from None
         for group in groups:
-            yield _Group(group.index, [_with_texts(q, self.depth, texts) for q in group.queries], group.pairs)
+            yield _Group(group.index, [_with_texts(q, head, texts) for q, head in zip(group.queries, group.heads)],
+                         group.heads)
 
 
 class _CandidateTexts:
     """Reads the candidates file again, keeping the texts of the wanted groups' queries only (one group at a time)."""
 
-    def __init__(self, path: str, depth: int):
+    def __init__(self, path: str):
         self.path = path
-        self.depth = depth
 
     def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]:
         from pyserini_ssm.candidates import iter_candidates
@@ -675,21 +838,22 @@ class _CandidateTexts:
             if candidate.qid != expected.qid or len(candidate.hits) != len(expected.hits):
                 raise UserError(f"{self.path} changed while reranking (query {expected.qid} expected at #{position}, "
                                 f"found {candidate.qid}): rerun to start over from the new file")
-            texts = {hit.docid: hit.text for hit in candidate.hits[:self.depth]}
-            collected.append(_with_texts(expected, self.depth, texts))
+            head = group.heads[len(collected)]
+            texts = {hit.docid: hit.text for hit in candidate.hits[:head]}
+            collected.append(_with_texts(expected, head, texts))
             if len(collected) == len(group.queries):
-                yield _Group(group.index, collected, group.pairs)
+                yield _Group(group.index, collected, group.heads)
                 group, collected = next(wanted, None), []
         if group is not None:
             raise UserError(f"{self.path} changed while reranking (query {group.queries[0].qid} is gone): rerun to "
                             f"start over from the new file")
 
 
-def _progress(total: int, initial: int, enabled: bool, context: DistributedContext):
+def _progress(total: int, initial: int, enabled: bool, context: DistributedContext, unit: str = "pair"):
     from tqdm import tqdm
 
     description = "reranking" if not context.is_distributed else f"reranking (rank 0 of {context.world_size})"
-    return tqdm(total=total, initial=initial, unit="pair", unit_scale=True, desc=description, file=sys.stderr,
+    return tqdm(total=total, initial=initial, unit=unit, unit_scale=True, desc=description, file=sys.stderr,
                 disable=not (enabled and context.is_main), mininterval=1.0, smoothing=0.1, dynamic_ncols=True)
 
 
@@ -742,9 +906,13 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         raise UserError("no queries to rerank")
     _check_queries_fit(reranker, queries)
 
-    pair_counts = [min(depth, len(query.hits)) for query in queries]
-    plan = plan_groups(pair_counts, max(config.group_pairs, config.batch_size))
-    groups = [_Group(index, [queries[i] for i in members], sum(pair_counts[i] for i in members))
+    doc_mode = _document_mode(config, queries)
+    # The plan needs no text: heads count the scored hits (segments of a segmented index, documents in maxp over
+    # whole documents, whose segment counts would need the texts), so every rank and every resume cuts the same.
+    heads = [rerank_head_size(query.hits, depth, doc_mode.mode == "maxp" and doc_mode.presegmented)
+             for query in queries]
+    plan = plan_groups(heads, max(config.group_pairs, config.batch_size))
+    groups = [_Group(index, [queries[i] for i in members], [heads[i] for i in members])
               for index, members in enumerate(plan)]
     shards = shard_by_cost([group.pairs for group in groups], context.world_size)
     mine = [groups[index] for index in shards[context.rank]]
@@ -766,6 +934,8 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         "rank": context.rank,
         "world_size": context.world_size,
     }
+    if doc_mode.fingerprint() is not None:
+        fingerprint["doc_mode"] = doc_mode.fingerprint()
     own_partial = partial_path(output, context)
     if context.is_main:
         current = {partial_path(output, DistributedContext(rank, context.world_size)).name
@@ -792,15 +962,18 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     total_pairs = sum(group.pairs for group in mine)
     done_pairs = total_pairs - sum(group.pairs for group in todo)
     try:
-        with _progress(total_pairs, done_pairs, config.show_progress, context) as bar:
+        unit = "doc" if doc_mode.cuts_documents else "pair"
+        with _progress(total_pairs, done_pairs, config.show_progress, context, unit) as bar:
             for group in texts.hydrate(todo):
-                reranked = [_check_texts(q, q.hits[:depth], config.skip_missing, on_skip) for q in group.queries]
-                tails = [q.hits[depth:] for q in group.queries]
-                results = score_group(reranker, group.queries, reranked, tails, config.batch_size)
+                splits = [split_for_rerank(q.hits, depth, doc_mode) for q in group.queries]
+                reranked = [_check_texts(q, head, config.skip_missing, on_skip)
+                            for q, (head, _) in zip(group.queries, splits)]
+                tails = [tail for _, tail in splits]
+                results, pairs = _score_group(reranker, group.queries, reranked, tails, config.batch_size, doc_mode)
                 text = "".join(line for query, hits in zip(group.queries, results)
                                for line in format_run_lines(query.qid, hits, tag))
                 partial.commit(group.index, [query.qid for query in group.queries], text)
-                scored_pairs += sum(len(hits) for hits in reranked)
+                scored_pairs += pairs
                 bar.update(group.pairs)
     except UserError as error:
         # Finished groups stay in the partial file: fixing the input and rerunning resumes from them. A file with
@@ -829,13 +1002,27 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
                 os.unlink(path)
         qrels = _qrels_name(config)
         if qrels:
-            outcome.metrics = evaluate_before_after(queries, output, qrels, config)
+            outcome.metrics = evaluate_before_after(queries, output, qrels, config,
+                                                    segments_are_hits=doc_mode.mode == "maxp" and doc_mode.presegmented)
     return outcome
 
 
-def evaluate_before_after(queries: Sequence[RerankQuery], output: Path, qrels_name: str,
-                          config: RerankConfig) -> dict[str, tuple[float, float]]:
-    """metric -> (first stage, reranked), pytrec_eval with Pyserini's conventions, judged queries only."""
+def _document_mode(config: RerankConfig, queries: Sequence[RerankQuery]) -> DocumentMode:
+    segments = config.segment_config()
+    presegmented = config.doc_mode == "maxp" and detect_segment_ids(queries)
+    if presegmented:
+        logger.info("maxp: the candidates are segments already (ids like %s): scoring them, best per document",
+                    next(hit.docid for query in queries for hit in query.hits))
+    return DocumentMode(config.doc_mode, segments, presegmented)
+
+
+def evaluate_before_after(queries: Sequence[RerankQuery], output: Path, qrels_name: str, config: RerankConfig,
+                          segments_are_hits: bool = False) -> dict[str, tuple[float, float]]:
+    """metric -> (first stage, reranked), pytrec_eval with Pyserini's conventions, judged queries only.
+
+    `segments_are_hits`: the first stage returned segments `D1#3`; it is judged as documents, each at its best
+    segment (Pyserini's max-passage), as the reranked run is.
+    """
     from pyserini_ssm.evaluation import evaluate
     from pyserini_ssm.qrels import load_qrels
     from pyserini_ssm.runs import read_run, run_as_dict
@@ -843,7 +1030,10 @@ def evaluate_before_after(queries: Sequence[RerankQuery], output: Path, qrels_na
     qrels = load_qrels(qrels_name, topics_dir=config.topics_dir)
     hint = qrels_name  # picks the 2CR convention (DL: MAP/R@1000 at level 2, ...)
     metrics = list(config.metrics) if config.metrics else None
-    before_run = {query.qid: {hit.docid: float(hit.score) for hit in query.hits} for query in queries}
+    first_stage = {query.qid: query.hits for query in queries}
+    if segments_are_hits:
+        first_stage = max_passage_run(first_stage, hits=max(1, *(len(hits) for hits in first_stage.values())))
+    before_run = {qid: {hit.docid: float(hit.score) for hit in hits} for qid, hits in first_stage.items()}
     before = evaluate(before_run, qrels, metrics, collection_hint=hint)
     after = evaluate(run_as_dict(read_run(output)), qrels, metrics, collection_hint=hint)
     return {name: (before[name], after[name]) for name in before}

@@ -240,3 +240,56 @@ def test_sigkill_midway_then_rerun_is_byte_identical(tmp_path, model_dir, capsys
     assert status == 0, err
     assert killed.read_bytes() == uninterrupted.read_bytes()
     assert len(read_run(killed)) == 43
+
+
+# ----------------------------------------------------------------------------------- document ranking flags
+
+
+def test_document_flags_reach_the_config(monkeypatch, capsys):
+    import pyserini_ssm.reranking as reranking
+
+    seen = []
+
+    def capture(config):
+        seen.append(config)
+        return reranking.RerankOutcome(Path("run.txt"), 1, 0, 0, 0, tag="t")
+
+    monkeypatch.setattr(reranking, "run_rerank", capture)
+    assert main(["--candidates", "c.json", "--model", "m", "--doc-mode", "maxp", "--segment-unit", "sentences",
+                 "--segment-window", "8", "--segment-stride", "4", "--no-progress"]) == 0
+    assert main(["--candidates", "c.json", "--model", "m", "--doc-mode", "firstp"]) == 0
+    assert main(["--candidates", "c.json", "--model", "m"]) == 0
+    maxp, firstp, default = seen
+    assert (maxp.doc_mode, maxp.segment_unit, maxp.segment_window, maxp.segment_stride) == ("maxp", "sentences", 8, 4)
+    assert (firstp.doc_mode, firstp.segment_window, firstp.segment_stride) == ("firstp", None, None)
+    assert default.doc_mode == "passage" and default.segment_config().window == 150
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--candidates", "c.json", "--model", "m", "--doc-mode", "lastp"])
+    assert exit_info.value.code == 2
+    assert "--doc-mode" in build_parser_help()
+
+
+def build_parser_help() -> str:
+    from pyserini_ssm.rerank import build_parser
+
+    return build_parser().format_help()
+
+
+def test_maxp_run_from_the_cli_lists_documents(tmp_path, model_dir, capsys):
+    text = " ".join(f"w{i}" for i in range(40))
+    candidates = tmp_path / "c.json"
+    candidates.write_text(json.dumps([{"query": "w3 w30", "hits": [
+        {"docid": "D1", "content": text, "qid": 1, "score": 2.0},
+        {"docid": "D2", "content": "short document", "qid": 1, "score": 1.0}]}]))
+    output = tmp_path / "run.txt"
+    status, _, err = call(["--candidates", str(candidates), "--model", str(model_dir), "--output", str(output),
+                           "--doc-mode", "maxp", "--segment-window", "10", "--no-progress"], capsys)
+    assert status == 0, err
+    assert sorted(h.docid for h in read_run(output)["1"]) == ["D1", "D2"]
+
+
+def test_bad_segment_stride_is_a_user_error(tmp_path, capsys):
+    candidates = write_subset(tmp_path / "c.json", queries=1, hits=3)
+    status, _, err = call(["--candidates", str(candidates), "--model", "m", "--doc-mode", "maxp",
+                           "--segment-window", "20", "--segment-stride", "30"], capsys)
+    assert_user_error(status, err, r"stride 30 > window 20")

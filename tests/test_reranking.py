@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import require_shared
+from pyserini_ssm.documents import SegmentConfig
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.reranking import (
     PartialRun,
@@ -376,3 +377,214 @@ def test_empty_text_is_named_or_skipped(decoder):
         list(rerank_candidates(decoder, [query], depth=2))
     [(qid, hits)] = rerank_candidates(decoder, [query], depth=2, skip_missing=True)
     assert qid == "q7" and [h.docid for h in hits] == ["d1"]
+
+
+# ------------------------------------------------------------------------------------- document ranking: FirstP, MaxP
+
+
+class OverlapScorer:
+    """A deterministic stand-in for a reranker: the score of a pair is the number of distinct query words in the
+    text. Records every `predict` call, so tests can see which texts were scored together."""
+
+    def __init__(self):
+        self.calls: list[list[tuple[str, str]]] = []
+
+    @staticmethod
+    def score(query: str, text: str) -> float:
+        return float(len(set(query.lower().split()) & set(text.lower().split())))
+
+    def predict(self, pairs, batch_size=32, show_progress=False):
+        self.calls.append(list(pairs))
+        return np.array([self.score(query, text) for query, text in pairs], dtype=np.float32)
+
+
+ANSWER_QUERY = "why are flamingo feathers pink"
+ANSWER_PASSAGE = "flamingo feathers turn pink because the birds eat shrimp"  # 3 of the query's 5 words
+
+
+def filler(document: int, count: int) -> list[str]:
+    """Words that no query uses, distinct per document."""
+    return [f"d{document}w{position}" for position in range(count)]
+
+
+def long_documents() -> dict[str, str]:
+    """Three 600-word documents; only d2 holds the answer, 400 words in (beyond FirstP's and the first segments'
+    reach). d1 mentions one query word early, so a FirstP-like reading would prefer it."""
+    words = {name: filler(number, 600) for number, name in enumerate(("d1", "d2", "d3"))}
+    words["d1"][10] = "flamingo"
+    words["d2"][400:400 + len(ANSWER_PASSAGE.split())] = ANSWER_PASSAGE.split()
+    return {name: " ".join(text) for name, text in words.items()}
+
+
+def write_candidates(path: Path, queries: list[tuple[str, list[tuple[str, str]]]]) -> Path:
+    """[(query text, [(docid, content), ...])] -> a candidates JSON file, first-stage scores descending."""
+    data = [{"query": text, "hits": [{"docid": docid, "content": content, "qid": number, "score": 100.0 - rank}
+                                     for rank, (docid, content) in enumerate(hits)]}
+            for number, (text, hits) in enumerate(queries, start=1)]
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_maxp_ranks_the_document_holding_the_answer_first_at_its_best_segment_score(tmp_path):
+    from pyserini_ssm.documents import maxp_segments
+
+    documents = long_documents()
+    hits = [("d1", documents["d1"]), ("d3", documents["d3"]), ("d2", documents["d2"]), ("d9", "not reranked")]
+    candidates = write_candidates(tmp_path / "c.json", [(ANSWER_QUERY, hits)])
+    output = tmp_path / "run.txt"
+    scorer = OverlapScorer()
+    outcome = run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(output),
+                                      rerank_depth=3, doc_mode="maxp", show_progress=False), reranker=scorer)
+    segments = {name: maxp_segments(None, documents[name]) for name in ("d1", "d2", "d3")}
+    assert [len(s) for s in segments.values()] == [7, 7, 7]  # 150-word windows every 75 words over 600 words
+    assert len(scorer.calls) == 1  # every segment of the group in one predict call
+    assert scorer.calls[0] == [(ANSWER_QUERY, text) for name in ("d1", "d3", "d2") for text in segments[name]]
+    assert outcome.pairs_scored == 21
+    run = read_run(output)["1"]
+    assert [h.docid for h in run] == ["d2", "d1", "d3", "d9"]  # documents, not segments; d9 stays below
+    best_d2 = max(OverlapScorer.score(ANSWER_QUERY, text) for text in segments["d2"])
+    assert best_d2 == 3.0 and run[0].score == best_d2
+    assert run[1].score == 1.0 and run[2].score == 0.0 and run[3].score == -1.0
+    # Passage mode reads each document whole: d2 still wins here, but through all 600 words, in 3 pairs.
+    passage = OverlapScorer()
+    run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(tmp_path / "p.txt"),
+                            rerank_depth=3, show_progress=False), reranker=passage)
+    assert [len(call) for call in passage.calls] == [3]
+
+
+def test_maxp_segment_settings_reach_the_segmentation(tmp_path):
+    documents = long_documents()
+    candidates = write_candidates(tmp_path / "c.json", [(ANSWER_QUERY, [("d2", documents["d2"])])])
+    scorer = OverlapScorer()
+    run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(tmp_path / "run.txt"),
+                            doc_mode="maxp", segment_window=300, segment_stride=300, show_progress=False),
+               reranker=scorer)
+    assert [len(text.split()) for _, text in scorer.calls[0]] == [300, 300]
+
+
+def test_firstp_hands_the_start_of_the_document_whitespace_normalised(tmp_path):
+    candidates = write_candidates(tmp_path / "c.json", [("pink birds", [
+        ("d1", "  Flamingo\n\nfacts:\tpink   birds \n" + " ".join(filler(1, 50)))])])
+    scorer = OverlapScorer()
+    run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(tmp_path / "run.txt"),
+                            doc_mode="firstp", show_progress=False), reranker=scorer)
+    assert scorer.calls == [[("pink birds", "Flamingo facts: pink birds " + " ".join(filler(1, 50)))]]
+
+
+def test_firstp_with_a_real_model_reads_only_the_first_window(tmp_path, decoder, decoder_dir):
+    # Two documents that share their first max_length words (more tokens than the model reads) and differ after.
+    words = filler(0, decoder.max_length)
+    first, second = " ".join(words + ["pink"] * 50), " ".join(words + filler(5, 80))
+    candidates = write_candidates(tmp_path / "c.json", [("pink birds", [("a", first), ("b", second)])])
+    output = tmp_path / "run.txt"
+    run_rerank(RerankConfig(model=str(decoder_dir), candidates=str(candidates), output=str(output),
+                            doc_mode="firstp", show_progress=False), reranker=decoder)
+    scores = {h.docid: h.score for h in read_run(output)["1"]}
+    window = float(decoder.predict([("pink birds", " ".join(words))])[0])
+    assert scores == {"a": round_score(window), "b": round_score(window)}
+
+
+def test_resuming_maxp_gives_the_same_bytes_and_another_doc_mode_is_refused(tmp_path):
+    documents = long_documents()
+    candidates = write_candidates(tmp_path / "c.json", [
+        (ANSWER_QUERY, [(name, documents[name]) for name in ("d1", "d2", "d3")]),
+        ("flamingo shrimp", [(name, documents[name]) for name in ("d3", "d2", "d1")]),
+        ("pink", [(name, documents[name]) for name in ("d2", "d1")]),
+    ])
+    # group_pairs counts documents in maxp: 3 per group, one query each, whatever the segment counts.
+    base = dict(model="overlap", candidates=str(candidates), rerank_depth=3, group_pairs=3, batch_size=1,
+                show_progress=False, doc_mode="maxp")
+    uninterrupted = tmp_path / "full.txt"
+    scorer = OverlapScorer()
+    run_rerank(RerankConfig(**base, output=str(uninterrupted)), reranker=scorer)
+    assert [len(call) for call in scorer.calls] == [21, 21, 14]
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfterOne(OverlapScorer):
+        def predict(self, pairs, batch_size=32, show_progress=False):
+            if self.calls:
+                raise Crash
+            return super().predict(pairs, batch_size, show_progress)
+
+    output = tmp_path / "run.txt"
+    partial = output.with_name("run.txt.partial")
+    with pytest.raises(Crash):
+        run_rerank(RerankConfig(**base, output=str(output)), reranker=CrashAfterOne())
+    assert len(partial.read_text().splitlines()) == 1 + 1
+    for other in (dict(doc_mode="passage"), dict(doc_mode="firstp"), dict(segment_window=100)):
+        with pytest.raises(UserError, match=r"other settings \(different doc_mode\)"):
+            run_rerank(RerankConfig(**{**base, **other}, output=str(output)), reranker=OverlapScorer())
+    assert partial.exists() and not output.exists()
+    outcome = run_rerank(RerankConfig(**base, output=str(output)), reranker=OverlapScorer())
+    assert outcome.resumed_groups == 1 and outcome.pairs_scored == 21 + 14
+    assert output.read_bytes() == uninterrupted.read_bytes()
+
+
+SEGMENT_TEXTS = {
+    "D1#0": "pink birds", "D2#0": "pink flamingo feathers", "D1#1": "why are flamingo feathers pink",
+    "D3#0": "flamingo", "D2#1": "why", "D4#0": "nothing", "D3#1": "feathers",
+}
+
+
+def test_presegmented_candidates_aggregate_to_documents(tmp_path):
+    # Segments best first as BM25 on msmarco-v1-doc-segmented returns them; depth 2 documents: D1#0, D2#0, D1#1.
+    candidates = write_candidates(tmp_path / "c.json", [(ANSWER_QUERY, list(SEGMENT_TEXTS.items()))])
+    output = tmp_path / "run.txt"
+    scorer = OverlapScorer()
+    outcome = run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(output),
+                                      rerank_depth=2, doc_mode="maxp", segment_window=3, show_progress=False),
+                         reranker=scorer)
+    assert [text for _, text in scorer.calls[0]] == [SEGMENT_TEXTS[s] for s in ("D1#0", "D2#0", "D1#1")]
+    assert outcome.pairs_scored == 3  # not cut again, whatever --segment-window says
+    run = read_run(output)["1"]
+    # D1 at its best segment (5 words) above D2 (3); below, the remaining documents at their best remaining
+    # segment in first-stage order (D3, then D4), D2#1 left out since D2 was reranked.
+    assert [(h.docid, h.score) for h in run] == [("D1", 5.0), ("D2", 3.0), ("D3", 2.0), ("D4", 1.0)]
+    from pyserini_ssm.candidates import read_candidates
+    from pyserini_ssm.reranking import DocumentMode
+
+    streamed = dict(rerank_candidates(OverlapScorer(), read_candidates(candidates), depth=2,
+                                      doc_mode=DocumentMode("maxp", presegmented=True)))
+    assert [(h.docid, h.score) for h in streamed["1"]] == [(h.docid, h.score) for h in run]
+
+
+def test_presegmented_first_stage_is_evaluated_as_documents(tmp_path):
+    candidates = write_candidates(tmp_path / "c.json", [(ANSWER_QUERY, list(SEGMENT_TEXTS.items()))])
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("1 0 D3 1\n1 0 D1 0\n")
+    outcome = run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(tmp_path / "r.txt"),
+                                      rerank_depth=2, doc_mode="maxp", qrels=str(qrels), metrics=("recip_rank",),
+                                      show_progress=False), reranker=OverlapScorer())
+    # First stage as documents (best segment each): D1, D2, D3, D4 -> D3 at rank 3; reranked it stays third.
+    assert outcome.metrics["recip_rank"] == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+
+
+def test_maxp_refuses_candidates_mixing_segments_and_documents(tmp_path):
+    candidates = write_candidates(tmp_path / "c.json", [("q", [("D1#0", "a"), ("D2", "b")])])
+    with pytest.raises(UserError, match=r"mix segment ids like 'D1#0'.*'D2'"):
+        run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(tmp_path / "r.txt"),
+                                doc_mode="maxp", show_progress=False), reranker=OverlapScorer())
+    assert not (tmp_path / "r.txt.partial").exists()
+
+
+@pytest.mark.parametrize("settings, pattern", [
+    (dict(doc_mode="maxpp"), r"unknown --doc-mode 'maxpp'"),
+    (dict(doc_mode="maxp", segment_unit="pages"), r"unknown segment unit 'pages'"),
+    (dict(doc_mode="maxp", segment_window=50, segment_stride=80), r"stride 80 > window 50"),
+    (dict(doc_mode="maxp", segment_window=0), r"--segment-window must be a positive integer"),
+])
+def test_bad_document_settings_are_user_errors(tmp_path, settings, pattern):
+    candidates = write_candidates(tmp_path / "c.json", [("q", [("d", "text")])])
+    with pytest.raises(UserError, match=pattern):
+        run_rerank(RerankConfig(model="overlap", candidates=str(candidates), output=str(tmp_path / "r.txt"),
+                                **settings), reranker=OverlapScorer())
+
+
+def test_segment_defaults_follow_the_unit():
+    assert RerankConfig(model="m").segment_config() == SegmentConfig("words", 150, 75)
+    assert RerankConfig(model="m", segment_unit="sentences").segment_config() == SegmentConfig("sentences", 10, 5)
+    assert RerankConfig(model="m", segment_unit="sentences", segment_stride=3).segment_config() == SegmentConfig(
+        "sentences", 10, 3)
+    assert RerankConfig(model="m", segment_window=51).segment_config() == SegmentConfig("words", 51, 25)
