@@ -12,7 +12,7 @@ from pathlib import Path
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.pyserini_names import QRELS_FILES
 from pyserini_ssm.runs import read_numbered_lines, split_columns
-from pyserini_ssm.topics import _offline_hint, resolve_named_file, topics_dir_from
+from pyserini_ssm.topics import _offline_hint, error_summary, resolve_named_file, topics_dir_from
 
 BEIR_HEADER = ("query-id", "corpus-id", "score")
 
@@ -30,7 +30,7 @@ def load_qrels(name_or_path: str | os.PathLike, topics_dir: str | os.PathLike | 
         except Exception as error:  # FileNotFoundError, JavaException (download failed), ...
             folder = topics_dir_from(topics_dir)
             message = _offline_hint(pyserini_name, QRELS_FILES.get(pyserini_name), folder, "qrels")
-            raise UserError(f"{message} [{type(error).__name__}: {error}]") from None
+            raise UserError(f"{message} [{error_summary(error)}]") from None
     return read_qrels_file(path)
 
 

@@ -85,6 +85,12 @@ def resolve_named_file(
     raise UserError(f"unknown {kind} name {text!r} (not a Pyserini {kind} name nor an existing file){hint}")
 
 
+def error_summary(error: BaseException) -> str:
+    """The first line of an exception, at most 200 characters: Java exceptions carry whole stack traces."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:200]}"
+
+
 def _offline_hint(name: str, file_name: str | None, folder: Path | None, kind: str) -> str:
     where = f"it is not in the topics folder {folder}" if folder else f"no --topics-dir (or ${TOPICS_DIR_ENV}) is set"
     wanted = f" (file {file_name})" if file_name else ""
@@ -108,7 +114,7 @@ def load_topics(name_or_path: str | os.PathLike, topics_dir: str | os.PathLike |
     except Exception as error:  # Pyserini raises ValueError, JavaException, IOError, ... when offline
         folder = topics_dir_from(topics_dir)
         message = _offline_hint(pyserini_name, TOPIC_FILES.get(pyserini_name), folder, "topics")
-        raise UserError(f"{message} [{type(error).__name__}: {error}]") from None
+        raise UserError(f"{message} [{error_summary(error)}]") from None
     if not topics:
         raise UserError(f"topics {pyserini_name!r} from Pyserini are empty")
     return topics
