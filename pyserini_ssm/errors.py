@@ -7,3 +7,10 @@ one line on stderr and exit status 2 (see `pyserini_ssm.cli.run_main`). Internal
 
 class UserError(Exception):
     """Bad input from the user (a path, a name, a malformed line). The message is shown to them as is."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): Java exceptions carry whole stack
+    traces, which do not belong in a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

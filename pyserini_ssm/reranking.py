@@ -375,7 +375,6 @@ def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, 
     """
     _check_positive("rerank depth", depth)
     _check_positive("batch size", batch_size)
-    presegmented = doc_mode.mode == "maxp" and doc_mode.presegmented
 
     def skipped(qid: str, docid: str, reason: str) -> None:
         logger.warning("skipping document %s of query %s: it %s", docid, qid, reason)
@@ -391,7 +390,7 @@ def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, 
 
     for query in queries:
         reranked, tail = split_for_rerank(query.hits, depth, doc_mode)
-        cost = rerank_head_size(query.hits, depth, presegmented)
+        cost = len(reranked)  # the planned head, before documents without text are skipped
         reranked = _check_texts(query, reranked, skip_missing, skipped)
         if group and pairs + cost > max(group_pairs, batch_size):
             yield from flush()

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-from pyserini_ssm.errors import UserError
+from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.pyserini_names import TOPIC_FILES
 from pyserini_ssm.runs import is_token, read_numbered_lines
 
@@ -86,9 +86,8 @@ def resolve_named_file(
 
 
 def error_summary(error: BaseException) -> str:
-    """The first line of an exception, at most 200 characters: Java exceptions carry whole stack traces."""
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line[:200]}"
+    """The exception's type and the first line of its message, at most 200 characters."""
+    return f"{type(error).__name__}: {first_line(error)[:200]}"
 
 
 def _offline_hint(name: str, file_name: str | None, folder: Path | None, kind: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from pyserini_ssm.errors import UserError
+from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.java import ensure_java
 from pyserini_ssm.runs import Hit
 
@@ -86,9 +86,9 @@ def _first_record(path: Path) -> dict | None:
     try:
         record, _ = json.JSONDecoder().raw_decode(text)
     except ValueError:
-        first_line = text.split("\n", 1)[0]
+        first_record = text.split("\n", 1)[0]
         try:
-            record = json.loads(first_line)
+            record = json.loads(first_record)
         except ValueError:
             return None
     return record if isinstance(record, dict) else None
@@ -225,8 +225,7 @@ def _run_index_collection(collection: str, input_folder: Path, index_dir: Path, 
         indexer = autoclass("io.anserini.index.IndexCollection")(args)
         indexer.run()
     except JavaException as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"Anserini could not index {input_folder} as {collection}: {message}") from None
+        raise UserError(f"Anserini could not index {input_folder} as {collection}: {first_line(error)}") from None
     counters = indexer.getCounters()
     return IndexStats(
         str(index_dir),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pyserini_ssm.errors import UserError
+from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.models.registry import REGISTRY, ModelSpec, get_spec
 from pyserini_ssm.models.scoring import ENCODER_MODEL_TYPES, MAMBA_FAMILIES
 
@@ -427,9 +427,8 @@ def load_registry_checkpoint(spec: ModelSpec, dtype: Any = None, tokenizer: Any 
     except UserError:
         raise
     except Exception as error:  # network, gated repo, missing file: all mean the weights are not here
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"cannot download the weights of {spec.name} ({spec.checkpoint}): {first_line}. Without internet, "
+            f"cannot download the weights of {spec.name} ({spec.checkpoint}): {first_line(error)}. Without internet, "
             f"download the checkpoint elsewhere and pass its folder to --model, or write random weights with "
             f"`python -m pyserini_ssm.init --model {spec.name} --scale full --output DIR --tokenizer TOKENIZER`"
         ) from None

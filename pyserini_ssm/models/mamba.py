@@ -770,6 +770,7 @@ class MambaBackbone(nn.Module):
         return packed
 
 
+@functools.cache  # called on every torch-backend forward: build each filtered wrapper once
 def _keyword_filtered(function: Any) -> Any:
     """`function` accepting (and ignoring) keywords it does not take, as transformers' kernel wrapper does."""
     parameters = inspect.signature(function).parameters
