@@ -1077,8 +1077,9 @@ def _crossencoder_records(reranker: Any, workload: Workload, config: BenchConfig
         for dtype in dtypes:
             label = "crossencoder" if dtype == torch.float32 else "crossencoder-" + (
                 "bf16" if dtype == torch.bfloat16 else "fp16")
-            crossencoder = crossencoder_from_reranker(reranker, Path(folder) / label,
-                                                      dtype=None if dtype == torch.float32 else dtype)
+            # The dtype is always explicit: without one, transformers loads the checkpoint's own dtype, which is the
+            # reranker's (bf16), and the "fp32" baseline would silently run in bf16.
+            crossencoder = crossencoder_from_reranker(reranker, Path(folder) / label, dtype=dtype)
             records.append(measure_crossencoder(reranker, workload, crossencoder=crossencoder,
                                                 batch_size=config.crossencoder_batch_size, repeats=config.repeats,
                                                 warmup=config.warmup, label=label))

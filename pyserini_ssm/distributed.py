@@ -116,6 +116,19 @@ def barrier(context: DistributedContext) -> None:
         dist.barrier()
 
 
+def sum_over_ranks(context: DistributedContext, value: int) -> int:
+    """The sum of `value` over every rank (the value itself in a single process)."""
+    if not context.is_distributed:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    device = f"cuda:{context.local_rank}" if context.backend == "nccl" else "cpu"
+    total = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 def shutdown(context: DistributedContext) -> None:
     """Leave the process group if `init_from_env` created it."""
     if context.initialized:

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Anserini collection class (default: detected from the first record: BeirFlatCollection or JsonCollection)",
     )
+    parser.add_argument("--multifield", action="store_true",
+                        help="BEIR corpus: title and text in fields of their own, as Pyserini's beir-v1.0.0-<name>."
+                             "multifield indexes (search them with --fields contents=1.0 title=1.0, the default "
+                             "for such an index)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="indexing threads (default: all cores)")
     return parser
 
@@ -38,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyserini_ssm.first_stage.lucene import build_index
 
     start = time.perf_counter()
-    stats = build_index(args.input, args.index, collection=args.collection, threads=args.threads)
+    stats = build_index(args.input, args.index, collection=args.collection, threads=args.threads,
+                        multifield=args.multifield)
     elapsed = time.perf_counter() - start
     print(
         f"indexed {stats.indexed} documents as {stats.collection} into {stats.index_dir} in {elapsed:.1f} s "

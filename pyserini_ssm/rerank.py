@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--b", type=float, default=0.4, help="BM25 b (default 0.4)")
     source.add_argument("--threads", type=int, default=max(1, min(16, os.cpu_count() or 1)),
                         help="BM25 search threads")
+    source.add_argument("--fields", nargs="+", metavar="FIELD=BOOST",
+                        help="BM25 over these fields, e.g. contents=1.0 title=1.0 (default: both of those for an "
+                             "index with a title field, as Pyserini's BEIR multifield runs; else contents)")
     exclusive = source.add_mutually_exclusive_group()
     exclusive.add_argument("--run", help="rerank this TREC run (texts fetched from --index, queries from --topics)")
     exclusive.add_argument("--candidates",
@@ -83,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pyserini_ssm.first_stage.lucene import parse_fields
     from pyserini_ssm.reranking import RerankConfig, format_metrics, run_rerank
 
     rank = int(os.environ.get("RANK", "0") or 0)
@@ -110,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tag=args.tag,
         bm25_k1=args.k1,
         bm25_b=args.b,
+        fields=parse_fields(args.fields),
         threads=args.threads,
         show_progress=not args.no_progress,
         doc_mode=args.doc_mode,
@@ -120,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcome = run_rerank(config)
     if rank == 0:
         print(f"wrote {outcome.output} ({outcome.queries} queries, tag {outcome.tag})", file=sys.stderr)
+        if outcome.pairs_scored_all_ranks:
+            print(f"scored {outcome.pairs_scored_all_ranks:,} pairs in {outcome.scoring_seconds:.1f} s "
+                  f"({outcome.pairs_per_second:,.0f} pairs/s over {os.environ.get('WORLD_SIZE', '1')} process(es); start-up and "
+                  f"the final merge excluded)", file=sys.stderr)
         if outcome.metrics:
             print(format_metrics(outcome.metrics))
     return 0

@@ -37,6 +37,7 @@ import math
 import os
 import re
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from glob import escape as glob_escape
@@ -50,6 +51,7 @@ from pyserini_ssm.distributed import (
     init_from_env,
     shard_by_cost,
     shutdown,
+    sum_over_ranks,
 )
 from pyserini_ssm.documents import (
     DEFAULT_SENTENCE_WINDOW,
@@ -125,6 +127,7 @@ class RerankConfig:
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
     threads: int = 1  # BM25 search threads
+    fields: dict[str, float] | None = None  # BM25 over several fields (None: the index's default, see lucene.py)
     fetch_batch_size: int = 1000  # documents fetched from the index per call
     show_progress: bool = True
     metrics: tuple[str, ...] | None = None  # None: evaluation's defaults for the collection
@@ -202,6 +205,14 @@ class RerankOutcome:
     skipped_documents: int
     metrics: dict[str, tuple[float, float]] | None = None
     tag: str = ""
+    # The scoring phase, from a barrier once every process has its model and queries to a barrier after the last
+    # group: the throughput of the job itself, without start-up (Python, model loading) and the final merge.
+    scoring_seconds: float = 0.0
+    pairs_scored_all_ranks: int = 0
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_scored_all_ranks / self.scoring_seconds if self.scoring_seconds > 0 else 0.0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -613,9 +624,11 @@ def _load_queries(config: RerankConfig) -> tuple[list[RerankQuery], "_TextSource
         queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in first_stage.items()]
     else:
         from pyserini_ssm.first_stage.lucene import bm25_search
+        from pyserini_ssm.topics import is_beir_topics
 
+        fields = config.fields if config.fields is not None else searcher.default_fields()
         first_stage = bm25_search(searcher, topics, hits=config.hits, k1=config.bm25_k1, b=config.bm25_b,
-                                  threads=config.threads)
+                                  threads=config.threads, remove_query=is_beir_topics(config.topics), fields=fields)
         queries = [RerankQuery(qid, topics[qid], first_stage.get(qid, [])) for qid in topics]
     digest = _InputDigest()
     for query in queries:
@@ -958,6 +971,8 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         skipped[0] += 1
 
     scored_pairs = 0
+    barrier(context)
+    scoring_started = time.perf_counter()
     total_pairs = sum(group.pairs for group in mine)
     done_pairs = total_pairs - sum(group.pairs for group in todo)
     try:
@@ -991,7 +1006,9 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         logger.warning("skipped %d documents missing from the index or without text (--skip-missing)", skipped[0])
 
     barrier(context)
-    outcome = RerankOutcome(output, len(queries), scored_pairs, resumed, skipped[0], tag=tag)
+    outcome = RerankOutcome(output, len(queries), scored_pairs, resumed, skipped[0], tag=tag,
+                            scoring_seconds=time.perf_counter() - scoring_started,
+                            pairs_scored_all_ranks=sum_over_ranks(context, scored_pairs))
     if context.is_main:
         partials = [partial_path(output, DistributedContext(rank, context.world_size))
                     for rank in range(context.world_size)]

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--b", type=float, default=0.4, help="BM25 b (default 0.4)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="search threads (default: all cores)")
     parser.add_argument("--batch-size", type=int, default=128, help="queries per batch search (default 128)")
+    parser.add_argument("--fields", nargs="+", metavar="FIELD=BOOST",
+                        help="search these fields together, e.g. contents=1.0 title=1.0 (default: both of those for "
+                             "an index with a title field, as Pyserini's BEIR multifield runs; else contents)")
     parser.add_argument(
         "--remove-query",
         action=argparse.BooleanOptionalAction,
@@ -44,12 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def is_beir_topics(topics: str) -> bool:
-    """BEIR topics by Pyserini name (`beir-v1.0.0-...`) or Anserini file name (`topics.beir-v1.0.0-...`)."""
-    name = Path(topics).name
-    return name.startswith("beir-") or name.startswith("topics.beir-")
-
-
 def bm25_tag(k1: float, b: float) -> str:
     return f"bm25_k1={k1:g}_b={b:g}"
 
@@ -59,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyserini_ssm.errors import UserError
     from pyserini_ssm.files import atomic_output, check_output_path
     from pyserini_ssm.runs import format_run_lines, is_token
-    from pyserini_ssm.topics import load_topics
+    from pyserini_ssm.topics import is_beir_topics, load_topics
 
     check_output_path(args.output)
     for flag, value in (("--hits", args.hits), ("--threads", args.threads), ("--batch-size", args.batch_size)):
@@ -71,13 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--tag {tag!r} must be one word (no spaces)")
     topics = load_topics(args.topics, args.topics_dir)
 
-    from pyserini_ssm.first_stage.lucene import iter_bm25_batches, open_searcher
+    from pyserini_ssm.first_stage.lucene import iter_bm25_batches, open_searcher, parse_fields
 
+    fields = parse_fields(args.fields)
     start = time.perf_counter()
     searcher = open_searcher(args.index)
+    if fields is None:
+        fields = searcher.default_fields()
     print(
         f"BM25 k1={args.k1:g} b={args.b:g}: {len(topics)} queries, {args.hits} hits, "
-        f"remove_query={'on' if remove_query else 'off'}, threads={args.threads}, tag={tag}",
+        f"remove_query={'on' if remove_query else 'off'}, threads={args.threads}, tag={tag}"
+        + (f", fields={' '.join(f'{name}={boost:g}' for name, boost in fields.items())}" if fields else ""),
         flush=True,
     )
     written = 0
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             batch_size=args.batch_size,
             remove_query=remove_query,
+            fields=fields,
         ):
             for qid, hits in batch:
                 handle.writelines(format_run_lines(qid, hits, tag))

@@ -99,6 +99,13 @@ def _offline_hint(name: str, file_name: str | None, folder: Path | None, kind: s
     )
 
 
+def is_beir_topics(topics: str | os.PathLike) -> bool:
+    """BEIR topics by Pyserini name (`beir-v1.0.0-...`) or Anserini file name (`topics.beir-v1.0.0-...`): their
+    runs drop a hit whose docid is the query id, as Pyserini's BEIR runs do."""
+    name = Path(topics).name
+    return name.startswith("beir-") or name.startswith("topics.beir-")
+
+
 def load_topics(name_or_path: str | os.PathLike, topics_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """qid -> query text, in file order, for a Pyserini topics name or a topics file."""
     path, pyserini_name = resolve_named_file(name_or_path, TOPIC_FILES, topics_dir, "topics")

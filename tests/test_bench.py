@@ -159,3 +159,14 @@ def test_help_is_quick():
     assert result.returncode == 0 and "--token-budget" in result.stdout
     assert time.perf_counter() - start < 5
     assert json  # json lines are parsed through read_jsonl above
+
+
+def test_crossencoder_baseline_is_fp32_next_to_a_bf16_reranker(tokenizer):
+    from pyserini_ssm.benchmarking import _crossencoder_records
+
+    reranker = build_bench_reranker("minilm-l6", scale="tiny", tokenizer=tokenizer, device="cpu", dtype="bf16", seed=0)
+    workload = msmarco_workload(reranker.encoder, 8, candidates=None, seed=1)
+    config = BenchConfig(models=["minilm-l6"], device="cpu", repeats=1, warmup=0)
+    records = _crossencoder_records(reranker, workload, config)
+    assert [(record.method, record.dtype) for record in records] == [("crossencoder", "fp32"),
+                                                                    ("crossencoder-bf16", "bf16")]

@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,10 @@ def test_torchrun_two_gloo_processes_equal_one_process(tmp_path, model_dir, caps
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert merged.read_bytes() == single.read_bytes()
+    # The scoring-phase throughput counts every process's pairs once: 7 queries x 20.
+    assert re.search(r"scored 140 pairs in [0-9.]+ s \([0-9,]+ pairs/s over 1 process", err), err
+    assert re.search(r"scored 140 pairs in [0-9.]+ s \([0-9,]+ pairs/s over 2 process", completed.stderr), \
+        completed.stderr[-2000:]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["c.json", "merged.txt", "single.txt"]
 
 

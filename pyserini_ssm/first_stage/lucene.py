@@ -23,8 +23,27 @@ from pyserini_ssm.runs import Hit
 log = logging.getLogger(__name__)
 
 BEIR_FLAT = "BeirFlatCollection"
+BEIR_MULTIFIELD = "BeirMultifieldCollection"
 JSON_COLLECTION = "JsonCollection"
+# What Pyserini's BEIR multifield regressions search: both fields, equally weighted (`--fields contents=1.0 title=1.0`).
+MULTIFIELD_FIELDS = {"contents": 1.0, "title": 1.0}
 _DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+
+
+def parse_fields(specs: Iterable[str] | None) -> dict[str, float] | None:
+    """`["contents=1.0", "title=1.0"]` (Pyserini's `--fields`) -> {"contents": 1.0, "title": 1.0}; None for none."""
+    fields: dict[str, float] = {}
+    for spec in specs or ():
+        name, sep, boost = spec.partition("=")
+        try:
+            value = float(boost) if sep else 1.0
+        except ValueError:
+            value = float("nan")
+        if not name or value != value or value <= 0 or value == float("inf"):
+            raise UserError(f"--fields {spec!r}: expected FIELD=BOOST with a positive boost, e.g. contents=1.0 "
+                            "title=1.0")
+        fields[name] = value
+    return fields or None
 
 
 def _java_classes():
@@ -157,12 +176,15 @@ def build_index(
     collection: str | None = None,
     threads: int = 1,
     *,
+    multifield: bool = False,
     extra_args: Iterable[str] = (),
 ) -> IndexStats:
     """Build a Lucene index (positions, docvectors, raw documents stored) with Anserini's IndexCollection.
 
     `collection=None` detects BEIR (indexed as BeirFlatCollection: title and text together, like Pyserini's
     "flat" BEIR indexes) or JsonCollection from the data; any other Anserini collection class can be named.
+    `multifield` indexes a BEIR corpus as Pyserini's "multifield" BEIR indexes are (BeirMultifieldCollection with
+    `-fields title`: title and text in fields of their own; search them with `fields=MULTIFIELD_FIELDS`).
     The index is built in a temporary folder beside `index_dir` and renamed into place when complete.
     """
     index_dir = Path(index_dir)
@@ -176,8 +198,17 @@ def build_index(
     source = Path(input_path)
     staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=parent))
     try:
-        if collection is None:
+        if multifield and collection not in (None, BEIR_MULTIFIELD):
+            raise UserError(f"--multifield indexes a BEIR corpus as {BEIR_MULTIFIELD}; it cannot be combined with "
+                            f"--collection {collection}")
+        if collection is None or multifield:
             collection, files = detect_collection(source)
+            if multifield:
+                if collection != BEIR_FLAT:
+                    raise UserError(f"{source}: --multifield needs a BEIR corpus ('_id', 'title', 'text'), "
+                                    f"found {collection} records")
+                collection = BEIR_MULTIFIELD
+                extra_args = ["-fields", "title", *extra_args]
             # Anserini reads every file of its input folder: link the chosen files into a folder of their own.
             input_folder = staging / "input"
             input_folder.mkdir()
@@ -264,16 +295,46 @@ class LuceneSearcher:
     def set_bm25(self, k1: float, b: float) -> None:
         self.java.set_bm25(float(k1), float(b))
 
-    def batch_search(self, queries: list[str], qids: list[str], k: int, threads: int) -> dict[str, list[Hit]]:
-        """qid -> hits (Anserini's order and scores: score descending, ties by docid) for a batch of queries."""
+    def batch_search(self, queries: list[str], qids: list[str], k: int, threads: int,
+                     fields: Mapping[str, float] | None = None) -> dict[str, list[Hit]]:
+        """qid -> hits (Anserini's order and scores: score descending, ties by docid) for a batch of queries.
+
+        `fields` (field -> boost) searches those fields together, as Pyserini's `--fields contents=1.0 title=1.0`
+        does on a multifield index; without it only `contents` is searched."""
         autoclass = _java_classes()
         array_list = autoclass("java.util.ArrayList")
         java_queries, java_qids = array_list(), array_list()
         for query, qid in zip(queries, qids):
             java_queries.add(query)
             java_qids.add(qid)
-        results = self.java.batch_search(java_queries, java_qids, int(k), int(threads))
+        if fields:
+            java_fields = autoclass("java.util.HashMap")()
+            java_float = autoclass("java.lang.Float")
+            for field, boost in fields.items():
+                java_fields.put(field, java_float(float(boost)))
+            results = self.java.batch_search_fields(java_queries, java_qids, int(k), int(threads), java_fields)
+        else:
+            results = self.java.batch_search(java_queries, java_qids, int(k), int(threads))
         return {qid: [Hit(scored.docid, scored.score) for scored in results.get(qid) or ()] for qid in qids}
+
+    def indexed_fields(self) -> set[str]:
+        """Names of the fields with postings (e.g. {"contents", "title"} in a multifield BEIR index)."""
+        autoclass = _java_classes()
+        directory = autoclass("org.apache.lucene.store.FSDirectory").open(
+            autoclass("java.io.File")(self.index_dir).toPath())
+        reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+        try:
+            infos = autoclass("org.apache.lucene.index.FieldInfos").getMergedFieldInfos(reader)
+            none = autoclass("org.apache.lucene.index.IndexOptions").NONE
+            return {info.name for info in infos.iterator() if not info.getIndexOptions().equals(none)}
+        finally:
+            reader.close()
+            directory.close()
+
+    def default_fields(self) -> dict[str, float] | None:
+        """The fields to search when none are given: Pyserini's multifield setting (contents and title, boost 1.0
+        each) for an index with a `title` field, as its BEIR multifield regressions do; else None (contents only)."""
+        return dict(MULTIFIELD_FIELDS) if "title" in self.indexed_fields() else None
 
     def close(self) -> None:
         self.java.close()
@@ -332,6 +393,7 @@ def iter_bm25_batches(
     threads: int | None = None,
     batch_size: int = 128,
     remove_query: bool = False,
+    fields: Mapping[str, float] | None = None,
 ) -> Iterator[list[tuple[str, list[Hit]]]]:
     """`bm25_search` one batch of queries at a time ([(qid, hits), ...] in topics order), to write as it goes."""
     if hits < 1:
@@ -344,7 +406,7 @@ def iter_bm25_batches(
     queries = list(topics.values())
     for start in range(0, len(qids), batch_size):
         batch_qids = qids[start : start + batch_size]
-        batch = searcher.batch_search(queries[start : start + batch_size], batch_qids, hits, threads)
+        batch = searcher.batch_search(queries[start : start + batch_size], batch_qids, hits, threads, fields)
         ranked_batch = []
         for qid in batch_qids:
             ranked = batch[qid]
@@ -364,15 +426,18 @@ def bm25_search(
     threads: int | None = None,
     batch_size: int = 128,
     remove_query: bool = False,
+    fields: Mapping[str, float] | None = None,
 ) -> dict[str, list[Hit]]:
     """BM25 top-`hits` per query (qid -> hits, best first, queries in topics order) with Lucene batch search.
 
     `threads` defaults to the number of CPU cores. `remove_query` drops a hit whose docid equals the query id, as
-    Pyserini/Anserini do for BEIR (such a query then keeps `hits - 1` documents, as theirs does).
+    Pyserini/Anserini do for BEIR (such a query then keeps `hits - 1` documents, as theirs does). `fields` (field ->
+    boost) searches several fields of a multifield index (see `LuceneSearcher.batch_search`).
     """
     results: dict[str, list[Hit]] = {}
     for batch in iter_bm25_batches(
-        searcher, topics, hits=hits, k1=k1, b=b, threads=threads, batch_size=batch_size, remove_query=remove_query
+        searcher, topics, hits=hits, k1=k1, b=b, threads=threads, batch_size=batch_size, remove_query=remove_query,
+        fields=fields,
     ):
         results.update(batch)
     return results
