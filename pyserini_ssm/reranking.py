@@ -28,6 +28,7 @@ each document its best segment's score. The run then lists documents.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -355,9 +356,23 @@ def _score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked
                  tails: Sequence[Sequence[Hit]], batch_size: int,
                  doc_mode: DocumentMode) -> tuple[list[list[Hit]], int]:
     """`score_group`, and the number of pairs it scored."""
+    inputs, pairs = group_pairs(queries, reranked, doc_mode)
+    scores = reranker.predict(pairs, batch_size=batch_size) if pairs else []
+    return merge_group_scores(queries, reranked, tails, inputs, scores, doc_mode), len(pairs)
+
+
+def group_pairs(queries: Sequence[QueryCandidates], reranked: Sequence[Sequence[Hit]],
+                doc_mode: DocumentMode) -> tuple[list[tuple[list[str], list[str]]], list[tuple[str, str]]]:
+    """(each query's `model_inputs`, the group's (query, text) pairs in order) for one group."""
     inputs = [model_inputs(hits, doc_mode) for hits in reranked]
     pairs = [(query.query, text) for query, (texts, _) in zip(queries, inputs) for text in texts]
-    scores = reranker.predict(pairs, batch_size=batch_size) if pairs else []
+    return inputs, pairs
+
+
+def merge_group_scores(queries: Sequence[QueryCandidates], reranked: Sequence[Sequence[Hit]],
+                       tails: Sequence[Sequence[Hit]], inputs: Sequence[tuple[list[str], list[str]]],
+                       scores: Sequence[float], doc_mode: DocumentMode) -> list[list[Hit]]:
+    """Each query's final hits from the group's scores (in `group_pairs` order): reranked head, then the tail."""
     if not all(math.isfinite(float(score)) for score in scores):
         bad = next(q.qid for q, hits in zip(queries, reranked) if hits)
         raise UserError(f"the model returned a non-finite score (NaN or inf) near query {bad}: fp16 overflows in "
@@ -371,7 +386,17 @@ def _score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked
             results.append(merge_reranked([Hit(document, 0.0) for document in best], list(best.values()), tail))
         else:
             results.append(merge_reranked(hits, query_scores, tail))
-    return results, len(pairs)
+    return results
+
+
+def scores_in_turn(reranker: _Scorer, pair_lists: Iterable[list[tuple[str, str]]],
+                   batch_size: int) -> Iterator[Any]:
+    """Scores of each list of pairs in turn: through `predict_stream` when the reranker has it (tokenizing the next
+    list while this one is scored), else one `predict` call per list."""
+    stream = getattr(reranker, "predict_stream", None)
+    if stream is not None:
+        return stream(pair_lists, batch_size=batch_size)
+    return (reranker.predict(pairs, batch_size=batch_size) if pairs else [] for pairs in pair_lists)
 
 
 def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, depth: int = 100,
@@ -977,13 +1002,31 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     done_pairs = total_pairs - sum(group.pairs for group in todo)
     try:
         unit = "doc" if doc_mode.cuts_documents else "pair"
+        # Groups are prepared one ahead of scoring (see `scores_in_turn`): `prepared` holds what each scored
+        # group needs for merging, in order. A bad input found while preparing group k+1 is queued behind group k,
+        # so group k is still committed before the error stops the run.
+        prepared: collections.deque = collections.deque()
+
+        def pair_lists() -> Iterator[list[tuple[str, str]]]:
+            try:
+                for group in texts.hydrate(todo):
+                    splits = [split_for_rerank(q.hits, depth, doc_mode) for q in group.queries]
+                    reranked = [_check_texts(q, head, config.skip_missing, on_skip)
+                                for q, (head, _) in zip(group.queries, splits)]
+                    inputs, pairs = group_pairs(group.queries, reranked, doc_mode)
+                    prepared.append((group, reranked, [tail for _, tail in splits], inputs, len(pairs)))
+                    yield pairs
+            except UserError as error:
+                prepared.append(error)
+                yield []
+
         with _progress(total_pairs, done_pairs, config.show_progress, context, unit) as bar:
-            for group in texts.hydrate(todo):
-                splits = [split_for_rerank(q.hits, depth, doc_mode) for q in group.queries]
-                reranked = [_check_texts(q, head, config.skip_missing, on_skip)
-                            for q, (head, _) in zip(group.queries, splits)]
-                tails = [tail for _, tail in splits]
-                results, pairs = _score_group(reranker, group.queries, reranked, tails, config.batch_size, doc_mode)
+            for scores in scores_in_turn(reranker, pair_lists(), config.batch_size):
+                item = prepared.popleft()
+                if isinstance(item, UserError):
+                    raise item
+                group, reranked, tails, inputs, pairs = item
+                results = merge_group_scores(group.queries, reranked, tails, inputs, scores, doc_mode)
                 text = "".join(line for query, hits in zip(group.queries, results)
                                for line in format_run_lines(query.qid, hits, tag))
                 partial.commit(group.index, [query.qid for query in group.queries], text)

@@ -53,6 +53,25 @@ def test_sorted_batching_returns_scores_in_input_order(which, request):
     assert reranker.predict([]).shape == (0,)
 
 
+def test_predict_stream_equals_predict_per_list_and_takes_one_list_ahead(bert):
+    lists = [[(f"query {k}", DOCUMENTS[(k + i) % len(DOCUMENTS)]) for i in range(k + 2)] for k in range(4)]
+    lists.insert(2, [])
+    taken = []
+
+    def producer():
+        for pairs in lists:
+            taken.append(len(pairs))
+            yield pairs
+
+    stream = bert.predict_stream(producer(), batch_size=3)
+    first = next(stream)
+    assert len(taken) == 2  # list 1 was taken (and is being tokenized) before list 0's scores came out
+    results = [first, *stream]
+    assert [len(scores) for scores in results] == [len(pairs) for pairs in lists]
+    for pairs, scores in zip(lists, results):
+        np.testing.assert_allclose(scores, bert.predict(pairs, batch_size=3), rtol=0, atol=1e-6)
+
+
 def test_rerank_accepts_hits_dicts_and_pyserini_results(bert):
     query = "what is a cat"
     hits = [Hit(f"d{index}", 10.0 - index, text) for index, text in enumerate(DOCUMENTS)]

@@ -379,6 +379,22 @@ def test_empty_text_is_named_or_skipped(decoder):
     assert qid == "q7" and [h.docid for h in hits] == ["d1"]
 
 
+@pytest.mark.java
+def test_bad_input_in_a_later_group_keeps_the_groups_scored_before_it(tmp_path, small_index, decoder, decoder_dir):
+    # Groups are prepared one ahead of scoring: q2's docid missing from the index is found while q1 is still being
+    # scored, and q1 must still be committed before the error stops the run.
+    index, topics = small_index
+    first_stage = tmp_path / "bm25.txt"
+    first_stage.write_text("q1 Q0 d1 1 3.0 bm25\nq1 Q0 d2 2 2.0 bm25\nq2 Q0 nosuchdoc 1 1.0 bm25\n")
+    output = tmp_path / "run.txt"
+    config = RerankConfig(model=str(decoder_dir), index=str(index), topics=str(topics), run=str(first_stage),
+                          output=str(output), group_pairs=1, batch_size=1, fetch_batch_size=1, show_progress=False)
+    with pytest.raises(UserError, match=r"nosuchdoc.*the 1 queries finished so far are kept"):
+        run_rerank(config, reranker=decoder)
+    assert not output.exists()
+    assert b"q1 Q0 d1" in output.with_name("run.txt.partial").read_bytes()
+
+
 # ------------------------------------------------------------------------------------- document ranking: FirstP, MaxP
 
 

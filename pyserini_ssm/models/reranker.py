@@ -17,7 +17,7 @@ import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,10 @@ DTYPE_NAMES = {value: key for key, value in DTYPES.items()}
 UNTRAINED_WARNING = ("{name}: the checkpoint has no trained score head; its scores are untrained (random head). "
                      "Fine-tune it with `python -m pyserini_ssm.train` or load a fine-tuned reranker")
 # Pairs tokenized per chunk: large enough for length sorting to pay off, small enough to overlap with scoring.
-TOKENIZE_CHUNK = 8192
+TOKENIZE_CHUNK = 2048
+# Packed Mamba-2 rows hold at least this many tokens: on an H100 a 780M model scores 16k-token rows 30 % slower than
+# 32k-token ones and gains nothing from longer rows (docs/BENCHMARKS.md), and a packed row's memory is small.
+PACKED_ROW_TOKENS = 32768
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -231,7 +234,8 @@ class Reranker:
         """Scores (float32, input order) of (query, document) pairs.
 
         `batch_size` bounds the pairs per padded batch (`max_tokens`, when given, also the padded tokens); for
-        packed Mamba-2 rows the token budget is `batch_size * max_length`.
+        packed Mamba-2 rows the token budget is `max_tokens`, else `batch_size * max_length` but at least
+        `PACKED_ROW_TOKENS`.
         """
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, not {batch_size}")
@@ -262,6 +266,32 @@ class Reranker:
                 progress.close()
         return scores
 
+    def predict_stream(self, pair_lists: Iterable[Sequence[tuple[str, str]]],
+                       batch_size: int = 32) -> Iterator[np.ndarray]:
+        """`predict` for each list of pairs in turn, yielding each list's scores (input order) as it is done.
+
+        List k+1 is taken from `pair_lists` and tokenized in a background thread while list k is scored on the
+        device, so the GPU does not wait for the tokenizer between lists (`run_rerank` feeds one group of queries
+        at a time). Taking runs one list ahead: when the caller receives list k's scores, list k+1 has been taken.
+        """
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        if not self.head_trained:
+            self._warn_untrained()
+        lists = iter(pair_lists)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+            def take() -> Any:
+                pairs = next(lists, None)
+                if pairs is None:
+                    return None
+                return pool.submit(self.encoder.encode_many, pairs) if len(pairs) else False
+
+            pending = take()
+            while pending is not None:
+                encoded = pending.result() if pending is not False else []
+                pending = take()
+                yield self.score_encoded(encoded, batch_size) if encoded else np.zeros(0, dtype=np.float32)
+
     @torch.inference_mode()
     def score_encoded(self, encoded: Sequence[Any], batch_size: int = 32, max_tokens: int | None = None,
                       progress: Any = None) -> np.ndarray:
@@ -269,7 +299,7 @@ class Reranker:
         self.model.eval()
         lengths = [len(item.input_ids) for item in encoded]
         if self.pack:
-            groups = pack_sequences(lengths, max_tokens or batch_size * self.max_length)
+            groups = pack_sequences(lengths, max_tokens or max(batch_size * self.max_length, PACKED_ROW_TOKENS))
         else:
             groups = length_sorted_batches(lengths, batch_size, max_tokens)
         outputs: list[torch.Tensor] = []
