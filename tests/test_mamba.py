@@ -69,7 +69,8 @@ def random_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
 
 
 def logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
+    # transformers' own torch code, also where mamba_ssm is installed (its kernels would be bound even on CPU).
+    with torch.no_grad(), M.transformers_torch_functions(model):
         return model(input_ids=input_ids, use_cache=False).logits
 
 
