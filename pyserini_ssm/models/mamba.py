@@ -827,6 +827,26 @@ def _resolve_backend(backend: str, device: torch.device | str | None = None) -> 
     return "cuda" if usable else "torch"
 
 
+def transformers_groups_its_gated_norm() -> bool:
+    """Whether transformers' Mamba-2 gated RMSNorm normalises per group of d_inner / n_groups, as mamba_ssm does
+    (transformers >= 5.23). Older releases normalise over all of d_inner: for n_groups > 1 their torch forward then
+    differs from mamba_ssm's, which defines the published checkpoints (these have n_groups = 1, unaffected)."""
+    from transformers.models.mamba2 import modeling_mamba2
+
+    return "group_size" in inspect.signature(modeling_mamba2.MambaRMSNormGated.__init__).parameters
+
+
+def _warn_if_ungrouped_norm(config: Any) -> None:
+    if family_of(config) == "mamba2" and int(getattr(config, "n_groups", 1)) > 1 \
+            and not transformers_groups_its_gated_norm():
+        import transformers
+
+        logger.warning("transformers %s normalises Mamba-2's gated RMSNorm over all %d groups at once; mamba_ssm (and "
+                       "this project's cuda backend) per group: with n_groups=%d the torch backend's scores differ "
+                       "from mamba_ssm's. Upgrade transformers to >= 5.23.", transformers.__version__,
+                       config.n_groups, config.n_groups)
+
+
 def build_mamba_backbone(
     model_or_config: Any,
     backend: Backend = "auto",
@@ -847,6 +867,7 @@ def build_mamba_backbone(
         config = model_or_config
         family_of(config)
         if chosen == "torch":
+            _warn_if_ungrouped_norm(config)
             model = _backbone_class(config)(config)
             if device is not None:
                 model = model.to(device)
@@ -855,6 +876,7 @@ def build_mamba_backbone(
         return MambaBackbone(kernel.eval(), "cuda")
     hf_backbone = _hf_backbone_of(model_or_config)
     if chosen == "torch":
+        _warn_if_ungrouped_norm(hf_backbone.config)
         if device is not None:
             hf_backbone = hf_backbone.to(device)
         return MambaBackbone(hf_backbone, "torch")
