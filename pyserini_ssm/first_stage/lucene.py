@@ -320,9 +320,15 @@ class LuceneSearcher:
     def indexed_fields(self) -> set[str]:
         """Names of the fields with postings (e.g. {"contents", "title"} in a multifield BEIR index)."""
         autoclass = _java_classes()
+        from jnius import JavaException
+
         directory = autoclass("org.apache.lucene.store.FSDirectory").open(
             autoclass("java.io.File")(self.index_dir).toPath())
-        reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+        try:
+            reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
+        except JavaException as error:
+            directory.close()
+            raise UserError(f"cannot read the fields of the Lucene index {self.index_dir}: {first_line(error)}") from None
         try:
             infos = autoclass("org.apache.lucene.index.FieldInfos").getMergedFieldInfos(reader)
             none = autoclass("org.apache.lucene.index.IndexOptions").NONE
