@@ -95,6 +95,8 @@ def test_bad_inputs_exit_2_with_one_line(tiny, capsys):
     other.write_text("7 0 d1 1\n")
     assert "no query in common" in _error_line(capsys, evaluate_cli.main, ["--run", str(run), "--qrels", str(other)])
     assert "input not found" in _error_line(capsys, index_cli.main, ["--input", str(folder / "none"), "--index", str(folder / "idx")])
+    assert "expected FIELD=BOOST" in _error_line(capsys, search_cli.main, search("--index", str(folder), "--fields",
+                                                                                "contents=1.0", "title=heavy"))
     assert not out.exists()
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["topics.tsv", "qrels.txt", "run.txt", "bad_topics.tsv", "bad.run", "bad.qrels", "other.qrels"]
