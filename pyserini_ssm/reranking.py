@@ -349,16 +349,9 @@ def score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked:
                 doc_mode: DocumentMode = PASSAGE_MODE) -> list[list[Hit]]:
     """Score one group's pairs (every segment of every document, in maxp) in one `predict` call and merge each
     query's scores back (input order)."""
-    return _score_group(reranker, queries, reranked, tails, batch_size, doc_mode)[0]
-
-
-def _score_group(reranker: _Scorer, queries: Sequence[QueryCandidates], reranked: Sequence[Sequence[Hit]],
-                 tails: Sequence[Sequence[Hit]], batch_size: int,
-                 doc_mode: DocumentMode) -> tuple[list[list[Hit]], int]:
-    """`score_group`, and the number of pairs it scored."""
     inputs, pairs = group_pairs(queries, reranked, doc_mode)
     scores = reranker.predict(pairs, batch_size=batch_size) if pairs else []
-    return merge_group_scores(queries, reranked, tails, inputs, scores, doc_mode), len(pairs)
+    return merge_group_scores(queries, reranked, tails, inputs, scores, doc_mode)
 
 
 def group_pairs(queries: Sequence[QueryCandidates], reranked: Sequence[Sequence[Hit]],

@@ -242,37 +242,32 @@ class Reranker:
         total = len(pairs)
         if total == 0:
             return np.zeros(0, dtype=np.float32)
-        if not self.head_trained:
-            self._warn_untrained()
         progress = None
         if show_progress:
             from tqdm import tqdm
 
             progress = tqdm(total=total, unit="pair", desc=f"reranking ({self.spec.name})", dynamic_ncols=True)
         scores = np.empty(total, dtype=np.float32)
-        starts = list(range(0, total, TOKENIZE_CHUNK))
+        chunks = (pairs[start:start + TOKENIZE_CHUNK] for start in range(0, total, TOKENIZE_CHUNK))
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-                pending = pool.submit(self.encoder.encode_many, pairs[starts[0]:starts[0] + TOKENIZE_CHUNK])
-                for position, start in enumerate(starts):
-                    encoded = pending.result()
-                    if position + 1 < len(starts):
-                        following = starts[position + 1]
-                        pending = pool.submit(self.encoder.encode_many, pairs[following:following + TOKENIZE_CHUNK])
-                    scores[start:start + len(encoded)] = self.score_encoded(encoded, batch_size, max_tokens,
-                                                                            progress)
+            position = 0
+            for chunk_scores in self.predict_stream(chunks, batch_size, max_tokens=max_tokens, progress=progress):
+                scores[position:position + len(chunk_scores)] = chunk_scores
+                position += len(chunk_scores)
         finally:
             if progress is not None:
                 progress.close()
         return scores
 
-    def predict_stream(self, pair_lists: Iterable[Sequence[tuple[str, str]]],
-                       batch_size: int = 32) -> Iterator[np.ndarray]:
+    def predict_stream(self, pair_lists: Iterable[Sequence[tuple[str, str]]], batch_size: int = 32,
+                       max_tokens: int | None = None, progress: Any = None) -> Iterator[np.ndarray]:
         """`predict` for each list of pairs in turn, yielding each list's scores (input order) as it is done.
 
         List k+1 is taken from `pair_lists` and tokenized in a background thread while list k is scored on the
         device, so the GPU does not wait for the tokenizer between lists (`run_rerank` feeds one group of queries
-        at a time). Taking runs one list ahead: when the caller receives list k's scores, list k+1 has been taken.
+        at a time; `predict` feeds chunks of one call). Taking runs one list ahead: when the caller receives list
+        k's scores, list k+1 has been taken. `batch_size` and `max_tokens` as in `predict`; `progress` (a tqdm bar)
+        advances by the pairs scored.
         """
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, not {batch_size}")
@@ -290,7 +285,8 @@ class Reranker:
             while pending is not None:
                 encoded = pending.result() if pending is not False else []
                 pending = take()
-                yield self.score_encoded(encoded, batch_size) if encoded else np.zeros(0, dtype=np.float32)
+                yield (self.score_encoded(encoded, batch_size, max_tokens, progress) if encoded
+                       else np.zeros(0, dtype=np.float32))
 
     @torch.inference_mode()
     def score_encoded(self, encoded: Sequence[Any], batch_size: int = 32, max_tokens: int | None = None,
