@@ -613,3 +613,30 @@ def test_torch_backend_warns_when_transformers_ungroups_the_gated_norm(monkeypat
         one_group = {**TINY_SS["mamba2"]["ssm_cfg"], "ngroups": 1}
         M.build_mamba_backbone(random_model("mamba2", ssm_cfg=one_group), "torch")
     assert "Upgrade transformers" not in caplog.text
+
+
+@pytest.mark.parametrize("user_setting", [None, "0"])
+def test_importing_the_models_caches_triton_autotuning_unless_the_user_says_otherwise(user_setting):
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_CACHE_AUTOTUNING"}
+    if user_setting is not None:
+        env["TRITON_CACHE_AUTOTUNING"] = user_setting
+    shown = subprocess.run([sys.executable, "-c", "import os, pyserini_ssm.models.reranker; "
+                            "print(os.environ['TRITON_CACHE_AUTOTUNING'])"],
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert shown == (user_setting or "1")
+
+
+@pytest.mark.gpu
+@needs_kernels
+def test_mamba_ssm_autotuners_cache_their_choice():
+    M.mamba_ssm_available()
+    from mamba_ssm.ops.triton import ssd_chunk_scan, ssd_chunk_state
+
+    tuners = [ssd_chunk_scan._chunk_scan_fwd_kernel, ssd_chunk_state._chunk_state_fwd_kernel]
+    if not all(hasattr(tuner, "cache_results") for tuner in tuners):
+        pytest.skip("this Triton's autotuner has no on-disk cache")
+    assert all(tuner.cache_results for tuner in tuners)
