@@ -995,9 +995,9 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     done_pairs = total_pairs - sum(group.pairs for group in todo)
     try:
         unit = "doc" if doc_mode.cuts_documents else "pair"
-        # Groups are prepared ahead of scoring (see `Reranker.predict_stream`): `prepared` holds what each scored
-        # group needs for merging, in order. A bad input found while preparing a group is queued behind the groups
-        # before it, so they are still committed before the error stops the run.
+        # Groups are prepared one ahead of scoring (see `scores_in_turn`): `prepared` holds what each scored
+        # group needs for merging, in order. A bad input found while preparing group k+1 is queued behind group k,
+        # so group k is still committed before the error stops the run.
         prepared: collections.deque = collections.deque()
 
         def pair_lists() -> Iterator[list[tuple[str, str]]]:

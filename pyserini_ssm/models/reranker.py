@@ -6,9 +6,8 @@
 
 Inside `predict`: pairs are tokenized in chunks on a background thread (each query once, documents in one batched
 call) while the previous chunk is scored; each chunk is cut into length-sorted batches (or, for Mamba-2 on the
-mamba-ssm kernels, packed rows without padding) and queued on the device, and its scores are copied back (in input
-order) only once the next chunk is queued, so the device never waits for the host between chunks. A CUDA
-out-of-memory error halves the batch and carries on.
+mamba-ssm kernels, packed rows without padding); scores go back to input order. A CUDA out-of-memory error halves the
+batch and carries on.
 """
 
 from __future__ import annotations
@@ -264,12 +263,11 @@ class Reranker:
                        max_tokens: int | None = None, progress: Any = None) -> Iterator[np.ndarray]:
         """`predict` for each list of pairs in turn, yielding each list's scores (input order) as it is done.
 
-        Two overlaps keep the device busy between lists (`run_rerank` feeds one group of queries at a time,
-        `predict` chunks of one call): list k+1 is taken from `pair_lists` and tokenized in a background thread
-        while list k is scored, and list k's scores are copied back to the host (a synchronisation) only after list
-        k+1's batches are queued, so the caller's work on list k (merging, writing) runs while the device computes.
-        Hence when the caller receives list k's scores, list k+1 is queued and list k+2 taken. `batch_size` and
-        `max_tokens` as in `predict`; `progress` (a tqdm bar) advances by the pairs queued.
+        List k+1 is taken from `pair_lists` and tokenized in a background thread while list k is scored on the
+        device, so the GPU does not wait for the tokenizer between lists (`run_rerank` feeds one group of queries
+        at a time; `predict` feeds chunks of one call). Taking runs one list ahead: when the caller receives list
+        k's scores, list k+1 has been taken. `batch_size` and `max_tokens` as in `predict`; `progress` (a tqdm bar)
+        advances by the pairs scored.
         """
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, not {batch_size}")
@@ -284,47 +282,34 @@ class Reranker:
                 return pool.submit(self.encoder.encode_many, pairs) if len(pairs) else False
 
             pending = take()
-            queued: _QueuedScores | None = None
             while pending is not None:
                 encoded = pending.result() if pending is not False else []
                 pending = take()
-                try:
-                    current = self._queue_scores(encoded, batch_size, max_tokens, progress)
-                except BaseException:
-                    if queued is not None:  # what is already computed still reaches the caller
-                        yield queued.collect()
-                    raise
-                if queued is not None:
-                    yield queued.collect()
-                queued = current
-            if queued is not None:
-                yield queued.collect()
+                yield (self.score_encoded(encoded, batch_size, max_tokens, progress) if encoded
+                       else np.zeros(0, dtype=np.float32))
 
+    @torch.inference_mode()
     def score_encoded(self, encoded: Sequence[Any], batch_size: int = 32, max_tokens: int | None = None,
                       progress: Any = None) -> np.ndarray:
         """Scores of already-encoded pairs, input order: length-sorted padded batches or packed rows."""
-        return self._queue_scores(encoded, batch_size, max_tokens, progress).collect()
-
-    @torch.inference_mode()
-    def _queue_scores(self, encoded: Sequence[Any], batch_size: int, max_tokens: int | None,
-                      progress: Any) -> "_QueuedScores":
-        """Queues the forward passes of all batches of `encoded` on the device; nothing waits for their results."""
         self.model.eval()
-        queued = _QueuedScores(len(encoded))
-        if not encoded:
-            return queued
         lengths = [len(item.input_ids) for item in encoded]
         if self.pack:
             groups = pack_sequences(lengths, max_tokens or max(batch_size * self.max_length, PACKED_ROW_TOKENS))
         else:
             groups = length_sorted_batches(lengths, batch_size, max_tokens)
+        outputs: list[torch.Tensor] = []
+        done_groups: list[list[int]] = []
         for group in groups:
             for indices, values in self._score_group(encoded, group):
-                queued.indices.append(indices)
-                queued.values.append(values)
+                done_groups.append(indices)
+                outputs.append(values)
             if progress is not None:
                 progress.update(len(group))
-        return queued
+        # One device -> host copy for the whole chunk.
+        flat = torch.cat(outputs).float().cpu()
+        sizes = [len(indices) for indices in done_groups]
+        return scatter_scores(done_groups, torch.split(flat, sizes), len(encoded))
 
     def _score_group(self, encoded: Sequence[Any], indices: list[int]) -> Iterable[tuple[list[int], torch.Tensor]]:
         items = [encoded[index] for index in indices]
@@ -376,23 +361,6 @@ class Reranker:
                            tokenizer=self.tokenizer,
                            head_trained=self.head_trained if head_trained is None else head_trained)
         return str(directory)
-
-
-class _QueuedScores:
-    """Scores of one list of pairs, queued on the device: per batch, the pair indices and a device tensor."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.indices: list[list[int]] = []
-        self.values: list[torch.Tensor] = []
-
-    @torch.inference_mode()
-    def collect(self) -> np.ndarray:
-        """Waits for the device and returns the scores in input order (one device -> host copy for the list)."""
-        if not self.values:
-            return np.zeros(self.total, dtype=np.float32)
-        flat = torch.cat(self.values).float().cpu()
-        return scatter_scores(self.indices, torch.split(flat, [len(group) for group in self.indices]), self.total)
 
 
 def init_untrained_head(head: torch.nn.Linear, seed: int = 0) -> None:
