@@ -36,8 +36,10 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -390,6 +392,60 @@ def scores_in_turn(reranker: _Scorer, pair_lists: Iterable[list[tuple[str, str]]
     if stream is not None:
         return stream(pair_lists, batch_size=batch_size)
     return (reranker.predict(pairs, batch_size=batch_size) if pairs else [] for pairs in pair_lists)
+
+
+def prefetched(items: Iterable[Any], ahead: int = 1) -> Iterator[Any]:
+    """`items` in order, produced by a background thread that runs up to `ahead` items ahead of the consumer.
+
+    `run_rerank` reads each group's texts (from the Lucene index: one JNI call per document; or from the candidates
+    file) through it, so the reading overlaps the scoring of the group before instead of leaving the GPU idle. An
+    exception raised while producing reaches the consumer at that item. When the consumer stops early, the producer
+    stops after its current item and the source is closed in the producer's thread. The thread detaches itself
+    from the JVM when it ends (pyjnius attaches any thread that calls Java; a thread that ends attached leaks).
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+    end = object()
+
+    def hand_over(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not hand_over((True, item)):
+                    return
+            hand_over((True, end))
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer, which raises it)
+            hand_over((False, error))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+            jnius = sys.modules.get("jnius")
+            if jnius is not None:
+                jnius.detach()
+
+    producer = threading.Thread(target=produce, name="prefetch-texts", daemon=True)
+    producer.start()
+    try:
+        while True:
+            produced, item = buffer.get()
+            if not produced:
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def rerank_candidates(reranker: _Scorer, queries: Iterable[QueryCandidates], *, depth: int = 100,
@@ -995,9 +1051,10 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     done_pairs = total_pairs - sum(group.pairs for group in todo)
     try:
         unit = "doc" if doc_mode.cuts_documents else "pair"
-        # Groups are prepared one ahead of scoring (see `scores_in_turn`): `prepared` holds what each scored
-        # group needs for merging, in order. A bad input found while preparing group k+1 is queued behind group k,
-        # so group k is still committed before the error stops the run.
+        # Groups are prepared ahead of scoring, their texts read in a background thread (`prefetched`) and tokenized
+        # in another (`scores_in_turn`): `prepared` holds what each scored group needs for merging, in order. A bad
+        # input found while preparing a group is queued behind the groups before it, so they are still committed
+        # before the error stops the run.
         prepared: collections.deque = collections.deque()
 
         def pair_lists() -> Iterator[list[tuple[str, str]]]:
@@ -1013,8 +1070,10 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
                 prepared.append(error)
                 yield []
 
-        with _progress(total_pairs, done_pairs, config.show_progress, context, unit) as bar:
-            for scores in scores_in_turn(reranker, pair_lists(), config.batch_size):
+        texts_ahead = prefetched(pair_lists())
+        with contextlib.closing(texts_ahead), _progress(total_pairs, done_pairs, config.show_progress, context,
+                                                        unit) as bar:
+            for scores in scores_in_turn(reranker, texts_ahead, config.batch_size):
                 item = prepared.popleft()
                 if isinstance(item, UserError):
                     raise item

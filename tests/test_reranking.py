@@ -22,6 +22,7 @@ from pyserini_ssm.reranking import (
     merge_reranked,
     model_label,
     plan_groups,
+    prefetched,
     qrels_name_for_topics,
     rerank_candidates,
     round_score,
@@ -604,3 +605,71 @@ def test_segment_defaults_follow_the_unit():
     assert RerankConfig(model="m", segment_unit="sentences", segment_stride=3).segment_config() == SegmentConfig(
         "sentences", 10, 3)
     assert RerankConfig(model="m", segment_window=51).segment_config() == SegmentConfig("words", 51, 25)
+
+
+# --------------------------------------------------------------------------------- reading texts ahead of scoring
+
+
+def test_prefetched_keeps_order_and_runs_a_bounded_way_ahead():
+    import threading
+
+    taken = []
+    moved = threading.Condition()
+
+    def source():
+        for number in range(10):
+            with moved:
+                taken.append(number)
+                moved.notify_all()
+            yield number
+
+    items = prefetched(source(), ahead=1)
+    assert next(items) == 0
+    with moved:  # item 1 waits in the buffer, item 2 in the producer's hand: no further
+        assert moved.wait_for(lambda: len(taken) == 3, timeout=5)
+        assert not moved.wait_for(lambda: len(taken) > 3, timeout=0.3)
+    assert list(items) == list(range(1, 10))
+
+
+def test_prefetched_overlaps_producing_with_consuming():
+    import time
+
+    def slow_source():
+        for number in range(5):
+            time.sleep(0.2)  # reading texts: blocking, like a JNI call or file read
+            yield number
+
+    start = time.perf_counter()
+    for _ in prefetched(slow_source()):
+        time.sleep(0.2)  # scoring: the host waits for the device
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.7, f"{elapsed:.2f} s: one after the other would take 2.0 s, overlapped about 1.2 s"
+
+
+def test_prefetched_raises_a_producer_error_at_its_item():
+    def failing():
+        yield 1
+        yield 2
+        raise UserError("bad topics line 3")
+
+    items = prefetched(failing())
+    assert [next(items), next(items)] == [1, 2]
+    with pytest.raises(UserError, match="bad topics line 3"):
+        next(items)
+
+
+def test_prefetched_closes_its_source_in_the_producer_thread_when_the_consumer_stops():
+    import threading
+
+    closed_in = []
+
+    def source():
+        try:
+            yield from range(100)
+        finally:
+            closed_in.append(threading.current_thread().name)
+
+    items = prefetched(source())
+    assert next(items) == 0
+    items.close()
+    assert closed_in == ["prefetch-texts"]
