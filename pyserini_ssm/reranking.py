@@ -178,6 +178,11 @@ class DocumentMode:
             raise UserError(f"unknown document mode {self.mode!r}; choose {', '.join(DOC_MODES)}")
 
     @property
+    def segments_are_hits(self) -> bool:
+        """Whether the scored hits are the first stage's segments `<docid>#<n>` (maxp over a segmented index)."""
+        return self.mode == "maxp" and self.presegmented
+
+    @property
     def cuts_documents(self) -> bool:
         """Whether each reranked hit turns into several model inputs (so the plan counts documents, not pairs)."""
         return self.mode == "maxp" and not self.presegmented
@@ -265,10 +270,9 @@ def split_for_rerank(hits: Sequence[Hit], depth: int,
     With segments as hits (`maxp`, presegmented) the tail is a document list: each remaining document at its best
     remaining segment (Pyserini's max-passage), documents already reranked left out.
     """
-    presegmented = doc_mode.mode == "maxp" and doc_mode.presegmented
-    head = rerank_head_size(hits, depth, presegmented)
+    head = rerank_head_size(hits, depth, doc_mode.segments_are_hits)
     reranked, rest = list(hits[:head]), list(hits[head:])
-    if not presegmented or not rest:
+    if not doc_mode.segments_are_hits or not rest:
         return reranked, rest
     reranked_documents = {doc_id_of_segment(hit.docid) for hit in reranked}
     documents = max_passage_run({"": rest}, hits=len(rest))[""]
@@ -995,8 +999,7 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     doc_mode = _document_mode(config, queries)
     # The plan needs no text: heads count the scored hits (segments of a segmented index, documents in maxp over
     # whole documents, whose segment counts would need the texts), so every rank and every resume cuts the same.
-    heads = [rerank_head_size(query.hits, depth, doc_mode.mode == "maxp" and doc_mode.presegmented)
-             for query in queries]
+    heads = [rerank_head_size(query.hits, depth, doc_mode.segments_are_hits) for query in queries]
     plan = plan_groups(heads, max(config.group_pairs, config.batch_size))
     groups = [_Group(index, [queries[i] for i in members], [heads[i] for i in members])
               for index, members in enumerate(plan)]
@@ -1114,7 +1117,7 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         qrels = _qrels_name(config)
         if qrels:
             outcome.metrics = evaluate_before_after(queries, output, qrels, config,
-                                                    segments_are_hits=doc_mode.mode == "maxp" and doc_mode.presegmented)
+                                                    segments_are_hits=doc_mode.segments_are_hits)
     return outcome
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -318,19 +319,24 @@ def small_index(tmp_path_factory) -> tuple[Path, Path]:
     return index, topics
 
 
-@pytest.mark.java
-def test_run_mode_fetches_texts_from_the_index(tmp_path, small_index, decoder, decoder_dir):
+def run_mode_config(tmp_path, small_index, decoder_dir, first_stage_lines: str, output: str,
+                    **settings) -> RerankConfig:
+    """Rerank `first_stage_lines` (a TREC run, written to a file) with the texts of `small_index`."""
     index, topics = small_index
     first_stage = tmp_path / "bm25.txt"
-    first_stage.write_text("".join(
-        f"{qid} Q0 {docid} {rank} {10 - rank}.0 bm25\n"
-        for qid, docids in (("q1", ["d1", "d3", "d2", "d6"]), ("q2", ["d4", "d5", "d6"]))
-        for rank, docid in enumerate(docids, start=1)
-    ))
-    output = tmp_path / "reranked.txt"
-    outcome = run_rerank(RerankConfig(model=str(decoder_dir), index=str(index), topics=str(topics),
-                                      run=str(first_stage), output=str(output), rerank_depth=3, show_progress=False),
-                         reranker=decoder)
+    first_stage.write_text(first_stage_lines)
+    return RerankConfig(model=str(decoder_dir), index=str(index), topics=str(topics), run=str(first_stage),
+                        output=str(tmp_path / output), show_progress=False, **settings)
+
+
+@pytest.mark.java
+def test_run_mode_fetches_texts_from_the_index(tmp_path, small_index, decoder, decoder_dir):
+    lines = "".join(f"{qid} Q0 {docid} {rank} {10 - rank}.0 bm25\n"
+                    for qid, docids in (("q1", ["d1", "d3", "d2", "d6"]), ("q2", ["d4", "d5", "d6"]))
+                    for rank, docid in enumerate(docids, start=1))
+    config = run_mode_config(tmp_path, small_index, decoder_dir, lines, "reranked.txt", rerank_depth=3)
+    output = Path(config.output)
+    outcome = run_rerank(config, reranker=decoder)
     assert outcome.pairs_scored == 6
     run = read_run(output)
     assert sorted(h.docid for h in run["q1"][:3]) == ["d1", "d2", "d3"] and run["q1"][3].docid == "d6"
@@ -341,16 +347,13 @@ def test_run_mode_fetches_texts_from_the_index(tmp_path, small_index, decoder, d
 
 @pytest.mark.java
 def test_run_mode_docid_missing_from_the_index_is_named_or_skipped(tmp_path, small_index, decoder, decoder_dir):
-    index, topics = small_index
-    first_stage = tmp_path / "bm25.txt"
-    first_stage.write_text("q1 Q0 d1 1 3.0 bm25\nq1 Q0 nosuchdoc 2 2.0 bm25\nq1 Q0 d2 3 1.0 bm25\n")
-    output = tmp_path / "reranked.txt"
-    config = dict(model=str(decoder_dir), index=str(index), topics=str(topics), run=str(first_stage),
-                  output=str(output), show_progress=False)
+    config = run_mode_config(tmp_path, small_index, decoder_dir,
+                             "q1 Q0 d1 1 3.0 bm25\nq1 Q0 nosuchdoc 2 2.0 bm25\nq1 Q0 d2 3 1.0 bm25\n", "reranked.txt")
+    output = Path(config.output)
     with pytest.raises(UserError, match=r"nosuchdoc.*--skip-missing"):
-        run_rerank(RerankConfig(**config), reranker=decoder)
+        run_rerank(config, reranker=decoder)
     assert not output.exists() and not output.with_name("reranked.txt.partial").exists()
-    outcome = run_rerank(RerankConfig(**config, skip_missing=True), reranker=decoder)
+    outcome = run_rerank(dataclasses.replace(config, skip_missing=True), reranker=decoder)
     assert outcome.skipped_documents == 1
     assert [h.docid for h in read_run(output)["q1"]] != [] and "nosuchdoc" not in {
         h.docid for h in read_run(output)["q1"]}
@@ -382,14 +385,12 @@ def test_empty_text_is_named_or_skipped(decoder):
 
 @pytest.mark.java
 def test_bad_input_in_a_later_group_keeps_the_groups_scored_before_it(tmp_path, small_index, decoder, decoder_dir):
-    # Groups are prepared one ahead of scoring: q2's docid missing from the index is found while q1 is still being
+    # Groups are prepared ahead of scoring: q2's docid missing from the index is found while q1 is still being
     # scored, and q1 must still be committed before the error stops the run.
-    index, topics = small_index
-    first_stage = tmp_path / "bm25.txt"
-    first_stage.write_text("q1 Q0 d1 1 3.0 bm25\nq1 Q0 d2 2 2.0 bm25\nq2 Q0 nosuchdoc 1 1.0 bm25\n")
-    output = tmp_path / "run.txt"
-    config = RerankConfig(model=str(decoder_dir), index=str(index), topics=str(topics), run=str(first_stage),
-                          output=str(output), group_pairs=1, batch_size=1, fetch_batch_size=1, show_progress=False)
+    config = run_mode_config(tmp_path, small_index, decoder_dir,
+                             "q1 Q0 d1 1 3.0 bm25\nq1 Q0 d2 2 2.0 bm25\nq2 Q0 nosuchdoc 1 1.0 bm25\n", "run.txt",
+                             group_pairs=1, batch_size=1, fetch_batch_size=1)
+    output = Path(config.output)
     with pytest.raises(UserError, match=r"nosuchdoc.*the 1 queries finished so far are kept"):
         run_rerank(config, reranker=decoder)
     assert not output.exists()
