@@ -597,7 +597,7 @@ def _compare(scores: np.ndarray, reference: np.ndarray | None) -> tuple[float | 
 
 
 def _base_record(reranker: Any, benchmark: str, method: str, workload: Workload, **extra: Any) -> Measurement:
-    fp8 = getattr(reranker, "fp8", None)
+    fp8 = reranker.fp8  # models.fp8.Fp8Conversion under --dtype fp8, else None
     return Measurement(benchmark=benchmark, model=reranker.spec.name, family=reranker.spec.family, method=method,
                        lengths=workload.name, device=str(reranker.device), dtype=reranker.dtype_name,
                        pairs=len(workload.encoded), tokens=workload.tokens,
