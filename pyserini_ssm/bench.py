@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", choices=("tiny", "full"), default="full",
                         help="full: the real architecture (default); tiny: 2 small layers (tests)")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                        help="inference dtype (default bf16 on CUDA, fp32 on CPU); training is always fp32 master "
-                             "weights with bf16 autocast on CUDA")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32", "fp8"), default=None,
+                        help="inference dtype (default bf16 on CUDA, fp32 on CPU); fp8: bf16 weights with FP8 Linear "
+                             "layers (CUDA, compute capability >= 8.9; inference only); training is always fp32 "
+                             "master weights with bf16 autocast on CUDA")
     parser.add_argument("--inference", action="store_true", help="measure inference")
     parser.add_argument("--training", action="store_true", help="measure LCE training steps (padded and packed)")
     parser.add_argument("--no-crossencoder", action="store_true",

@@ -88,6 +88,8 @@ class Measurement:
     parameters: int | None = None
     max_abs_diff: float | None = None
     max_rel_error: float | None = None
+    fp8_linears: int | None = None  # --dtype fp8: how many Linear layers ran in FP8 (models.fp8)
+    fp8_quantizer: str | None = None  # --dtype fp8: the input quantiser that ran (triton or torch)
     first_loss: float | None = None  # training: loss of the first (warm-up) step and of the last
     last_loss: float | None = None
     skipped: bool = False
@@ -120,7 +122,7 @@ class BenchConfig:
     models: list[str]
     scale: str = "full"
     device: str | None = None
-    dtype: str | None = None  # bf16 on CUDA, fp32 on CPU by default
+    dtype: str | None = None  # bf16 on CUDA, fp32 on CPU by default; fp8: bf16 weights, FP8 Linear layers
     inference: bool = True
     training: bool = False
     crossencoder: bool = True  # for encoder models, with --inference
@@ -595,12 +597,13 @@ def _compare(scores: np.ndarray, reference: np.ndarray | None) -> tuple[float | 
 
 
 def _base_record(reranker: Any, benchmark: str, method: str, workload: Workload, **extra: Any) -> Measurement:
-    from pyserini_ssm.models.reranker import DTYPE_NAMES
-
+    fp8 = reranker.fp8  # models.fp8.Fp8Conversion under --dtype fp8, else None
     return Measurement(benchmark=benchmark, model=reranker.spec.name, family=reranker.spec.family, method=method,
-                       lengths=workload.name, device=str(reranker.device),
-                       dtype=DTYPE_NAMES.get(reranker.dtype, str(reranker.dtype)), pairs=len(workload.encoded),
-                       tokens=workload.tokens, parameters=count_parameters(reranker.model), **extra)
+                       lengths=workload.name, device=str(reranker.device), dtype=reranker.dtype_name,
+                       pairs=len(workload.encoded), tokens=workload.tokens,
+                       parameters=count_parameters(reranker.model),
+                       fp8_linears=None if fp8 is None else len(fp8.converted),
+                       fp8_quantizer=None if fp8 is None else fp8.quantizer, **extra)
 
 
 def _fill(record: Measurement, timing: Timing, device: Any) -> Measurement:
@@ -990,6 +993,9 @@ def validate(config: BenchConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(config, name)}")
     if config.warmup < 0:
         raise UserError(f"--warmup must be at least 0, not {config.warmup}")
+    if config.dtype == "fp8" and config.training:
+        raise UserError("--dtype fp8 is for inference only (FP8 Linear layers have no backward here); measure "
+                        "--training without it")
     if config.group_size < 2:
         raise UserError(f"--group-size must be at least 2 (LCE needs a positive and a negative), not "
                         f"{config.group_size}")
@@ -1028,6 +1034,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[
         _sync(device)
         log(f"{name}: {reranker.spec.family}, {count_parameters(reranker.model) / 1e6:.1f}M parameters, built in "
             f"{time.perf_counter() - started:.1f} s on {device}")
+        if reranker.fp8 is not None:
+            log(f"  {reranker.fp8.summary()}")
         workload = None
         if config.inference or config.training:
             workload = msmarco_workload(reranker.encoder, config.pairs, candidates=config.candidates,
@@ -1039,7 +1047,10 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[
                 records += _logged(log, measure_inference(reranker, workload, batch_size=config.batch_size,
                                                           token_budget=config.token_budget, repeats=config.repeats,
                                                           warmup=config.warmup, seed=config.seed))
-                if reranker.spec.family == "encoder" and config.crossencoder:
+                if reranker.spec.family == "encoder" and config.crossencoder and reranker.fp8 is not None:
+                    log("  CrossEncoder baseline skipped: it loads the bf16 weights, which an fp8 model no longer "
+                        "holds (measure it with --dtype bf16)")
+                elif reranker.spec.family == "encoder" and config.crossencoder:
                     records += _logged(log, _crossencoder_records(reranker, workload, config))
             for length in fixed:
                 if length > reranker.max_length:

@@ -90,7 +90,7 @@ def build_random_reranker(model: Any, scale: str = "tiny", tokenizer: Any = None
 
     from pyserini_ssm.models.checkpoints import LoadedCheckpoint
     from pyserini_ssm.models.registry import ModelSpec, get_spec
-    from pyserini_ssm.models.reranker import Reranker, resolve_device, resolve_dtype
+    from pyserini_ssm.models.reranker import Reranker, resolve_device, resolve_precision
     from pyserini_ssm.models.templates import ensure_added_tokens, get_template
 
     spec = model if isinstance(model, ModelSpec) else get_spec(model)
@@ -100,7 +100,7 @@ def build_random_reranker(model: Any, scale: str = "tiny", tokenizer: Any = None
     architecture = sized_architecture(spec, scale, len(tokenizer))
     _align_special_tokens(architecture, tokenizer)
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    resolved_dtype, fp8 = resolve_precision(dtype, resolved_device)  # fp8: bf16 weights, FP8 Linear layers
     torch.manual_seed(seed)
     backbone = build_random_backbone(spec, architecture, dtype=resolved_dtype, device=resolved_device)
     head = torch.nn.Linear(_hidden_size(backbone.config), 1)
@@ -111,7 +111,7 @@ def build_random_reranker(model: Any, scale: str = "tiny", tokenizer: Any = None
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random model is untrained by construction: no need to say so
-        return Reranker.from_loaded(loaded, device=resolved_device, dtype=resolved_dtype, backend=backend)
+        return Reranker.from_loaded(loaded, device=resolved_device, dtype=resolved_dtype, backend=backend, fp8=fp8)
 
 
 def _hidden_size(config: Any) -> int:

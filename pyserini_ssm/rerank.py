@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pairs per scoring call, whole queries (default 4096): length sorting and packing work "
                             "across them; a resumed run skips finished groups")
     model.add_argument("--max-length", type=int, help="tokens per pair (default: the model's)")
-    model.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default: the model's for the device")
+    model.add_argument("--dtype", choices=("bf16", "fp16", "fp32", "fp8"),
+                       help="default: the model's for the device; fp8: bf16 weights with FP8 Linear layers (CUDA, "
+                            "compute capability >= 8.9; scores change, see docs/BENCHMARKS.md)")
     model.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun, "
                        "each rank takes its local GPU)")
     model.add_argument("--backend", default="auto",

@@ -120,7 +120,7 @@ class RerankConfig:
     # across this many pairs, and it is the unit that a resumed run skips.
     group_pairs: int = 4096
     max_length: int | None = None
-    dtype: str | None = None  # bf16 | fp16 | fp32; None: the model's default for the device
+    dtype: str | None = None  # bf16 | fp16 | fp32 | fp8 (bf16 weights, FP8 Linear layers); None: the model's default
     device: str | None = None
     backend: str = "auto"
     qrels: str | None = None

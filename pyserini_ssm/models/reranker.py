@@ -72,6 +72,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(weights' dtype, FP8 Linear layers or not): `resolve_dtype`, plus "fp8" = bf16 weights with FP8 Linear
+    layers (`models.fp8`), which needs a CUDA GPU of compute capability >= 8.9 (UserError elsewhere)."""
+    from pyserini_ssm.models.fp8 import FP8, check_fp8_device
+
+    if dtype == FP8:
+        check_fp8_device(device)
+        return torch.bfloat16, True
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r} (use bf16, fp16, fp32 or fp8)")
+    return resolve_dtype(dtype, device), False
+
+
 def hit_fields(hit: Any) -> tuple[str, float, str | None]:
     """(docid, score, text) of a runs.Hit, a Pyserini search result, or a dict with docid/content|text/score."""
     if isinstance(hit, dict):
@@ -130,6 +143,7 @@ class Reranker:
         self.encoder = PairEncoder(tokenizer, get_template(spec.template), self.max_length,
                                    use_token_types=use_token_types)
         self.pad_id = pad_token_id(tokenizer)
+        self.fp8: Any = None  # models.fp8.Fp8Conversion when the Linear layers run in FP8 (--dtype fp8)
         backbone = model.backbone
         # Packing needs mamba-ssm's seq_idx support: Mamba-2 on the kernel backend.
         self.pack = bool(getattr(backbone, "supports_packing", False)) and getattr(backbone, "backend", "") == "cuda"
@@ -144,11 +158,13 @@ class Reranker:
                         backend: str = "auto", tokenizer: Any = None) -> "Reranker":
         """Load a registry name or a checkpoint folder (any format of `models.checkpoints`).
 
-        dtype: bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU). backend: auto, torch or cuda — how Mamba
-        models run (mamba-ssm kernels or transformers' torch code); transformers models only run as `auto`/`torch`.
+        dtype: bf16, fp16 or fp32 (default bf16 on CUDA, fp32 on CPU), or fp8: bf16 weights with the backbone's
+        Linear layers in FP8 (CUDA, compute capability >= 8.9; `models.fp8`). backend: auto, torch or cuda — how
+        Mamba models run (mamba-ssm kernels or transformers' torch code); transformers models only run as
+        `auto`/`torch`.
         """
         resolved_device = resolve_device(device)
-        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        resolved_dtype, fp8 = resolve_precision(dtype, resolved_device)
         if backend not in ("auto", "torch", "cuda"):
             raise UserError(f"unknown backend {backend!r} (use auto, torch or cuda)")
         if max_length is not None and int(max_length) < 2:
@@ -159,12 +175,19 @@ class Reranker:
             tokenizer = load_tokenizer(tokenizer)
         loaded = load_checkpoint(name_or_path, dtype=resolved_dtype, tokenizer=tokenizer)
         return cls.from_loaded(loaded, device=resolved_device, dtype=resolved_dtype, max_length=max_length,
-                               backend=backend)
+                               backend=backend, fp8=fp8)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedCheckpoint, *, device: torch.device, dtype: torch.dtype,
-                    max_length: int | None = None, backend: str = "auto") -> "Reranker":
+                    max_length: int | None = None, backend: str = "auto", fp8: bool = False) -> "Reranker":
+        """`fp8`: swap the backbone's Linear layers for FP8 ones after loading (`dtype` must be bf16)."""
         spec = loaded.spec
+        if fp8:
+            from pyserini_ssm.models.fp8 import check_fp8_device
+
+            check_fp8_device(device)
+            if dtype != torch.bfloat16:
+                raise UserError(f"fp8 keeps bf16 weights around its FP8 Linear layers, not {dtype}")
         if spec.family not in MAMBA_FAMILIES and backend == "cuda":
             raise UserError(f"backend 'cuda' selects the mamba-ssm kernels, but {spec.name} is a {spec.family} "
                             f"transformer (use backend auto or torch)")
@@ -212,14 +235,26 @@ class Reranker:
         model = model.to(device=device, dtype=dtype).eval()
         # The head stays fp32: a bf16 logit has ~3 significant digits, enough to create ties that reorder a ranking.
         model.head.float()
+        conversion = None
+        if fp8:
+            from pyserini_ssm.models.fp8 import convert_to_fp8
+
+            conversion = convert_to_fp8(model)
+            logger.info("%s: %s", spec.name, conversion.summary())
         use_token_types = None
         if spec.family == "encoder":
             use_token_types = int(getattr(config, "type_vocab_size", 0) or 0) > 1
         reranker = cls(spec, model, tokenizer, device=device, dtype=dtype,
                        head_trained=loaded.head_trained, use_token_types=use_token_types)
+        reranker.fp8 = conversion
         if not reranker.head_trained:
             reranker._warn_untrained()
         return reranker
+
+    @property
+    def dtype_name(self) -> str:
+        """bf16, fp16, fp32, or fp8 (bf16 weights, FP8 Linear layers)."""
+        return "fp8" if self.fp8 is not None else DTYPE_NAMES.get(self.dtype, str(self.dtype))
 
     def _warn_untrained(self) -> None:
         if not self._warned_untrained:
@@ -355,6 +390,8 @@ class Reranker:
 
     def save_pretrained(self, directory: str, head_trained: bool | None = None) -> str:
         """Write our reranker folder (see docs/MODELS.md), atomically: a temporary folder renamed into place."""
+        if self.fp8 is not None:
+            raise UserError("this reranker's Linear layers are FP8 (inference only); save the bf16 model instead")
         backbone_hf = hf_backbone_for_saving(self.model)
         spec = replace(self.spec, max_length=self.max_length)
         write_reranker_dir(directory, spec=spec, backbone_hf=backbone_hf, head=self.model.head,
@@ -396,9 +433,9 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def describe(reranker: Reranker) -> str:
     return (f"{reranker.spec.name} ({reranker.spec.family}, {count_parameters(reranker.model) / 1e6:.1f}M "
-            f"parameters, {DTYPE_NAMES.get(reranker.dtype, reranker.dtype)} on {reranker.device}, "
+            f"parameters, {reranker.dtype_name} on {reranker.device}, "
             f"max length {reranker.max_length}{'' if reranker.head_trained else ', untrained head'})")
 
 
-__all__ = ["Reranker", "resolve_device", "resolve_dtype", "hit_fields", "describe", "init_untrained_head",
-           "hf_backbone_for_saving"]
+__all__ = ["Reranker", "resolve_device", "resolve_dtype", "resolve_precision", "hit_fields", "describe",
+           "init_untrained_head", "hf_backbone_for_saving"]
