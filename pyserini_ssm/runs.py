@@ -46,13 +46,17 @@ def split_columns(line: str) -> list[str]:
     return _COLUMN.findall(line)
 
 
+# What C's atof (trec_eval) and Python's float agree on: ASCII decimal numbers. Python alone also takes `1_000`
+# (atof: 1) and non-ASCII digits (atof: 0), which would silently differ from trec_eval.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.IGNORECASE)
+
+
 def parse_score(text: str) -> float | None:
-    """A float, or None for text that is not a number (NaN included). Infinite values pass: see `check_finite`."""
-    try:
-        value = float(text)
-    except ValueError:
+    """A float, or None for text that is not an ASCII decimal number (NaN included). Infinite values pass: see
+    `check_finite`."""
+    if not _DECIMAL.fullmatch(text):
         return None
-    return None if math.isnan(value) else value
+    return float(text)
 
 
 def check_finite(score: float, where: str) -> None:
