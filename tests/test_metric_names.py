@@ -34,7 +34,7 @@ def pytrec(run, qrels, measure, level=1, depth=None):
     ranked = run if depth is None else cut_run(run, depth)
     results = pytrec_eval.RelevanceEvaluator(qrels, {measure}, relevance_level=level).evaluate(ranked)
     values = [results.get(qid, {}).get(measure.replace(".", "_"), 0.0) for qid in qrels]
-    return math.fsum(values) / len(values), [results[qid][measure.replace(".", "_")] for qid in results]
+    return math.fsum(values) / len(values), [results[qid][measure.replace(".", "_")] for qid in sorted(results)]
 
 
 def cli_json(capsys, argv):
@@ -228,21 +228,25 @@ def test_cli_rejects_a_bad_name_before_reading_the_run(tmp_path, capsys):
 def test_leaderboard_p_at_10_and_counts(dl19, tmp_path):
     run_path, qrels_path, run, qrels = dl19
     hits = read_run(run_path)
-    reversed_top10 = {qid: [Hit(h.docid, float(100 - i)) for i, h in enumerate(list(reversed(ranked[:10]))
-                                                                                + ranked[10:])]
-                      for qid, ranked in hits.items()}
+    # ranks 11-20 moved to the top: a different P@10 on most queries
+    swapped = {qid: [Hit(h.docid, float(100 - i)) for i, h in enumerate(ranked[10:20] + ranked[:10] + ranked[20:])]
+               for qid, ranked in hits.items()}
     other = tmp_path / "run.other.txt"
-    write_run(reversed_top10, other, "other")
+    write_run(swapped, other, "other")
     plain = tmp_path / "judgments.txt"
     shutil.copy(qrels_path, plain)
     output = tmp_path / "table.md"
     assert leaderboard_main([f"bm25={run_path}", f"other={other}", "--qrels", str(plain), "--convention", "dl",
                              "--metrics", "P@10", "num_rel", "--output", str(output)]) == 0
     lines = output.read_text().splitlines()
-    p10, _ = pytrec(run, qrels, "P_10", level=2)
+    p10, base = pytrec(run, qrels, "P_10", level=2)
+    other_p10, changed = pytrec(run_as_dict(read_run(other)), qrels, "P_10", level=2)
+    wins = sum(o > b for o, b in zip(changed, base))
+    losses = sum(o < b for o, b in zip(changed, base))
+    assert 0 < losses and wins + losses < 43
     assert lines[0] == "| run | P@10 | num_rel | W/T/L (P@10) |"
     assert lines[2] == f"| bm25 | {p10:.4f} | 2501 | baseline |" == "| bm25 | 0.4116 | 2501 | baseline |"
-    # the same top 10 reversed: P@10 cannot change, so every query ties
-    assert lines[3] == "| other | 0.4116 | 2501 | 0/43/0 |"
+    assert lines[3].startswith(f"| other | {other_p10:.4f}") and lines[3].endswith(
+        f"| 2501 | {wins}/{43 - wins - losses}/{losses} |")
     assert lines[-1] == ("Metrics on judgments: trec-dl-passage convention, relevance level 2, 43 judged queries; "
                          "P@10 = P(rel=2)@10, num_rel = NumRel(rel=2).")
