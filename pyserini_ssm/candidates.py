@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from pyserini_ssm.errors import UserError
-from pyserini_ssm.runs import Hit, is_token
+from pyserini_ssm.runs import Hit, check_finite, is_token
 
 _CHUNK = 1 << 20
 _WHITESPACE = " \t\n\r"
@@ -155,6 +155,7 @@ def _check_query(record: object, index: int, path: Path) -> CandidateQuery:
         score = _number(hit["score"])
         if score is None:
             raise UserError(f"{hit_where}: score {hit['score']!r} is not a number")
+        check_finite(score, hit_where)
         if docid in seen:
             raise UserError(f"{hit_where}: document {docid!r} appears twice for query {qid!r}")
         seen.add(docid)

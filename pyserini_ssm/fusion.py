@@ -10,7 +10,8 @@ Pure Python, so that it is testable without Java or pandas; `tests/test_fusion.p
   first `depth` entries of each run's list take part (None = all);
 - a document missing from a run gets nothing from it (a sum over the runs that hold it);
 - the fused list is sorted by (score descending, docid ascending) and cut at `k` (None = the union of all
-  documents); min-max normalisation maps a query whose scores are all equal to 1.0.
+  documents); min-max normalisation maps a query whose scores are all equal to 1.0;
+- scores must be finite (an infinite one would make a whole query NaN): a UserError names it.
 
 Input runs are `dict[qid, list[Hit]]` (best first, as `pyserini_ssm.runs.read_run` returns) or
 `dict[qid, dict[docid, score]]` (ordered here by score descending, docid ascending). Output is
@@ -19,6 +20,7 @@ Input runs are `dict[qid, list[Hit]]` (best first, as `pyserini_ssm.runs.read_ru
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence, Union
 
 from pyserini_ssm.errors import UserError
@@ -49,6 +51,8 @@ def min_max_normalize(scores: Sequence[float]) -> list[float]:
     low, high = min(scores), max(scores)
     if high == low:
         return [1.0] * len(scores)
+    if not math.isfinite(high - low):  # e.g. -1e308 and 1e308: halve first, or inf / inf writes nan
+        return [(score / 2 - low / 2) / (high / 2 - low / 2) for score in scores]
     return [(score - low) / (high - low) for score in scores]
 
 
@@ -79,7 +83,14 @@ def _check_cutoff(name: str, value: int | None) -> None:
 def _check_runs(runs: Sequence[AnyRun], at_least: int = 2) -> list[dict[str, list[tuple[str, float]]]]:
     if len(runs) < at_least:
         raise UserError(f"fusion needs at least {at_least} runs, got {len(runs)}")
-    return [as_ranked_lists(run) for run in runs]
+    ranked = [as_ranked_lists(run) for run in runs]
+    for number, run in enumerate(ranked, start=1):  # read_run rejects these with a line number; dicts come here
+        for qid, hits in run.items():
+            for docid, score in hits:
+                if not math.isfinite(score):
+                    raise UserError(f"run {number}, query {qid!r}, document {docid!r}: score {score!r} is not "
+                                    "finite; fusion needs finite scores")
+    return ranked
 
 
 def reciprocal_rank_fusion(

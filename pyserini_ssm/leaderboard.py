@@ -15,7 +15,9 @@ queries both were evaluated on, by a two-sided paired test (`--test t` or `permu
 Bonferroni-corrected over the comparisons in that column (the number of non-baseline runs), and a value whose
 corrected p is below `--alpha` is marked with a dagger. The `W/T/L` column counts the queries on which the run beats,
 ties, or loses to the baseline on the first metric. Metrics follow Pyserini's 2CR conventions per collection
-(`pyserini_ssm.evaluation`).
+(`pyserini_ssm.evaluation`), guessed from each qrels name unless `--convention` names one; the table's footnote says
+which was used. Metric names are ir_measures' (`nDCG@10`, `P@10`, `AP(rel=2)`) or trec_eval's (`ndcg_cut_10`, `map`);
+count measures (`num_rel`, `num_ret`) are summed over the queries, as trec_eval reports them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Cell:
     ties: int | None = None
     losses: int | None = None
     deltas: dict[str, float] = field(default_factory=dict, repr=False)
+    is_count: bool = False  # a sum over queries (num_rel, ...): shown as an integer
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Leaderboard:
     test: str
     alpha: float
     cells: dict[tuple[str, str, str], Cell]  # (dataset, run, metric) -> cell
+    conventions: dict[str, str] = field(default_factory=dict)  # dataset -> the metrics line of its convention
 
     def cell(self, dataset: str, run: str, metric: str) -> Cell | None:
         return self.cells.get((dataset, run, metric))
@@ -99,7 +102,8 @@ class Leaderboard:
         cell = self.cell(dataset, run, metric)
         if cell is None:
             return ""
-        return f"{cell.value:.4f}" + (SIGNIFICANCE_MARK if cell.significant else "")
+        value = f"{cell.value:.0f}" if cell.is_count else f"{cell.value:.4f}"
+        return value + (SIGNIFICANCE_MARK if cell.significant else "")
 
     def to_markdown(self) -> str:
         columns = self._columns()
@@ -113,6 +117,9 @@ class Leaderboard:
             f"{SIGNIFICANCE_MARK}: significantly different from {self.baseline} ({test_name}, two-sided, "
             f"Bonferroni-corrected p < {self.alpha:g}). W/T/L: queries won/tied/lost against {self.baseline}."
         )
+        for dataset in self.datasets:
+            if dataset in self.conventions:
+                lines.append(f"Metrics on {dataset}: {self.conventions[dataset]}.")
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
@@ -147,11 +154,19 @@ def per_query_metrics(
     qrels: Mapping[str, Mapping[str, int]],
     metrics: Sequence[str] | None,
     collection_hint: str | None,
+    convention: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """metric -> qid -> value over every judged query (2CR: judged queries missing from the run count as 0)."""
+    return _by_metric(_evaluate(run, qrels, metrics, collection_hint, convention))
+
+
+def _evaluate(run, qrels, metrics, collection_hint, convention):
     from pyserini_ssm.evaluation import evaluate
 
-    result = evaluate(run, qrels, metrics, collection_hint=collection_hint, per_query=True)
+    return evaluate(run, qrels, metrics, collection_hint=collection_hint, per_query=True, convention=convention)
+
+
+def _by_metric(result) -> dict[str, dict[str, float]]:
     by_metric: dict[str, dict[str, float]] = {metric: {} for metric in result}
     for qid, values in result.per_query.items():
         for metric in by_metric:
@@ -168,14 +183,18 @@ def leaderboard_table(
     alpha: float = 0.05,
     permutation_trials: int = 100_000,
     seed: int = 0,
+    convention: str | None = None,
 ) -> Leaderboard:
     """Evaluate every run of every dataset and compare each with the baseline run of the same dataset.
 
     `metrics=None` takes each collection's default metrics (from the dataset's `collection_hint`, else its name).
+    `convention` (`dl`, `msmarco-dev`, `beir`, `none`, ...) applies one 2CR convention to every dataset; None or
+    `auto` guesses each dataset's from its qrels name.
     The baseline (default: the first run label) must be present in every dataset. Every run is evaluated over all
     judged queries (a judged query the run lacks scores 0, as trec_eval -c), so the pairs are always complete.
     """
     from pyserini_ssm import significance
+    from pyserini_ssm.evaluation import aggregate, resolve_convention, resolve_metrics
 
     if test not in TESTS:
         raise UserError(f"unknown significance test {test!r}; choose t or permutation")
@@ -190,8 +209,11 @@ def leaderboard_table(
     names = [dataset.name for dataset in datasets]
     if len(set(names)) != len(names):
         raise UserError(f"dataset names repeat: {names}; give each --dataset once")
+    for dataset in datasets:  # bad names or conventions before any evaluation
+        resolve_metrics(metrics, resolve_convention(convention, dataset.collection_hint or dataset.name))
     cells: dict[tuple[str, str, str], Cell] = {}
     metric_columns: dict[str, list[str]] = {}
+    conventions: dict[str, str] = {}
     for dataset in datasets:
         if baseline not in dataset.runs:
             raise UserError(
@@ -199,7 +221,9 @@ def leaderboard_table(
                 f"{', '.join(dataset.runs)}); choose --baseline among them"
             )
         hint = dataset.collection_hint or dataset.name
-        evaluated = {label: per_query_metrics(run, dataset.qrels, metrics, hint) for label, run in dataset.runs.items()}
+        results = {label: _evaluate(run, dataset.qrels, metrics, hint, convention) for label, run in dataset.runs.items()}
+        evaluated = {label: _by_metric(result) for label, result in results.items()}
+        conventions[dataset.name] = results[baseline].describe()
         columns = list(evaluated[baseline])
         metric_columns[dataset.name] = columns
         comparisons = len(dataset.runs) - 1
@@ -209,8 +233,10 @@ def leaderboard_table(
                 values = per_metric.get(metric, {})
                 if not values:
                     continue
-                # fsum is correctly rounded: the same mean as evaluate() reports, whatever the order
-                cell = Cell(dataset.name, label, metric, math.fsum(values.values()) / len(values), len(values))
+                # the same value as evaluate() reports: the mean, or the sum for count measures (num_rel, ...)
+                resolved = results[label].metrics[metric]
+                summary = aggregate(resolved, list(values.values()))
+                cell = Cell(dataset.name, label, metric, summary, len(values), is_count=resolved.is_count)
                 cells[(dataset.name, label, metric)] = cell
                 if label == baseline:
                     continue
@@ -231,7 +257,7 @@ def leaderboard_table(
                 cell.p_value = result.p_value
                 cell.p_adjusted = significance.bonferroni([result.p_value], comparisons)[0]
                 cell.significant = cell.p_adjusted < alpha
-    return Leaderboard(names, metric_columns, run_order, baseline, test, alpha, cells)
+    return Leaderboard(names, metric_columns, run_order, baseline, test, alpha, cells, conventions)
 
 
 def plot_deltas(board: Leaderboard, path: str | os.PathLike) -> None:
@@ -336,7 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a dataset: its qrels (name or file) then its runs; repeat for more datasets",
     )
     parser.add_argument("--baseline", help="label (or file) of the run the others are tested against (default: first)")
-    parser.add_argument("--metrics", nargs="+", help="metrics, e.g. ndcg_cut_10 map recall_1000 (default: per collection)")
+    parser.add_argument(
+        "--metrics", nargs="+",
+        help="metrics, e.g. nDCG@10 P@10 AP(rel=2) or ndcg_cut_10 map recall_1000 (default: per collection)",
+    )
+    parser.add_argument(
+        "--convention", default="auto", metavar="{auto,dl,msmarco-dev,beir,none,...}",
+        help="2CR convention for every dataset: dl, dl-v2, dl-doc, msmarco-dev, msmarco-dev-depth100, beir, none "
+        "(default auto: guessed from each qrels name)",
+    )
     parser.add_argument("--test", choices=TESTS, default="t", help="paired t-test or randomization test (default: t)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level after Bonferroni (0.05)")
     parser.add_argument("--trials", type=int, default=100_000, help="randomization test samples (100000)")
@@ -360,11 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups.extend((group[0], group[1:]) for group in args.dataset)
     if not groups:
         raise UserError("nothing to compare: give RUN... --qrels NAME, or --dataset QRELS RUN...")
+    from pyserini_ssm.evaluation import resolve_convention, resolve_metrics
     from pyserini_ssm.files import atomic_output, check_output_path
 
     for path in (args.output, args.plot):
         if path:
             check_output_path(path)
+    for qrels_spec, _ in groups:  # names first: a typo should not wait for the runs to be read
+        resolve_metrics(args.metrics, resolve_convention(args.convention, qrels_spec))
     datasets = load_datasets(groups, args.topics_dir)
     baseline = args.baseline
     if baseline is not None and Path(baseline).exists():
@@ -377,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         alpha=args.alpha,
         permutation_trials=args.trials,
         seed=args.seed,
+        convention=args.convention,
     )
     text = board.to_markdown() if args.format == "markdown" else board.to_csv()
     if args.output:

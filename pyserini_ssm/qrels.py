@@ -7,6 +7,7 @@ Formats: TREC qrels `qid iter docid rel` (iter is usually 0 or Q0), and BEIR's T
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pyserini_ssm.errors import UserError
@@ -35,10 +36,11 @@ def load_qrels(name_or_path: str | os.PathLike, topics_dir: str | os.PathLike | 
 
 
 def _parse_grade(text: str, where: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"{where}: relevance {text!r} is not an integer") from None
+    # ASCII digits only: Python's int also reads `1_0` (10) and non-ASCII digits, which trec_eval's atol reads as 1
+    # and 0.
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise UserError(f"{where}: relevance {text!r} is not an integer")
+    return int(text)
 
 
 def read_qrels_file(path: str | os.PathLike) -> dict[str, dict[str, int]]:

@@ -68,7 +68,7 @@ from pyserini_ssm.documents import (
 )
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import atomic_output, check_output_path
-from pyserini_ssm.runs import Hit, format_run_lines
+from pyserini_ssm.runs import Hit, format_run_lines, ranking_key, written_score
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class RerankOutcome:
 
 def round_score(score: float) -> float:
     """The score as the run file will hold it, so that ordering by it agrees with ordering by the written text."""
-    return float(f"{float(score):.{SCORE_DECIMALS}f}")
+    return written_score(score)
 
 
 def merge_reranked(reranked: Sequence[Hit], scores: Sequence[float], tail: Sequence[Hit]) -> list[Hit]:
@@ -242,7 +242,7 @@ def merge_reranked(reranked: Sequence[Hit], scores: Sequence[float], tail: Seque
     if len(reranked) != len(scores):
         raise ValueError(f"{len(reranked)} hits but {len(scores)} scores")
     ranked = [Hit(hit.docid, round_score(score)) for hit, score in zip(reranked, scores)]
-    ranked.sort(key=lambda hit: (-hit.score, hit.docid))
+    ranked.sort(key=ranking_key)  # the one ranking rule, shared with Reranker.rerank and the run writer
     floor = ranked[-1].score if ranked else 0.0
     ranked.extend(Hit(hit.docid, round_score(floor - (offset + 1))) for offset, hit in enumerate(tail))
     return ranked

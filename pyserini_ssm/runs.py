@@ -46,13 +46,25 @@ def split_columns(line: str) -> list[str]:
     return _COLUMN.findall(line)
 
 
+# What C's atof (trec_eval) and Python's float agree on: ASCII decimal numbers. Python alone also takes `1_000`
+# (atof: 1) and non-ASCII digits (atof: 0), which would silently differ from trec_eval.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.IGNORECASE)
+
+
 def parse_score(text: str) -> float | None:
-    """A finite-or-infinite float, or None for text that is not a number (NaN included)."""
-    try:
-        value = float(text)
-    except ValueError:
+    """A float, or None for text that is not an ASCII decimal number (NaN included). Infinite values pass: see
+    `check_finite`."""
+    if not _DECIMAL.fullmatch(text):
         return None
-    return None if math.isnan(value) else value
+    return float(text)
+
+
+def check_finite(score: float, where: str) -> None:
+    """Reject an infinite score: min-max normalisation and interpolation turn one into NaN for a whole query, and
+    trec_eval's order among several is arbitrary. `where` names the file and line (or query and document)."""
+    if not math.isfinite(score):
+        raise UserError(f"{where}: score {score!r} is not finite; runs need finite scores (replace it, e.g. by a "
+                        "large finite value, or drop the line)")
 
 
 def read_run(path: str | os.PathLike) -> dict[str, list[Hit]]:
@@ -80,6 +92,7 @@ def read_run(path: str | os.PathLike) -> dict[str, list[Hit]]:
         score = parse_score(score_text)
         if score is None:
             raise UserError(f"{where}: score {score_text!r} is not a number")
+        check_finite(score, where)
         docids = seen.setdefault(qid, set())
         if docid in docids:
             raise UserError(f"{where}: document {docid!r} appears twice for query {qid!r}")
@@ -104,13 +117,27 @@ def _check_token(kind: str, value: str) -> None:
         raise UserError(f"{kind} {value!r} cannot be written to a TREC run (empty or holds whitespace)")
 
 
+SCORE_DECIMALS = 6  # what format_run_lines writes, as Pyserini's TrecWriter does
+
+
+def written_score(score: float) -> float:
+    """The score as a run file holds it (6 decimals), so that ordering by it agrees with ordering the written text."""
+    return float(f"{float(score):.{SCORE_DECIMALS}f}")
+
+
+def ranking_key(hit: Hit) -> tuple[float, str]:
+    """The one ranking rule of every tool here (Pyserini's TREC writer): score as written descending, ties by docid
+    ascending. Two scores equal in the file are equal here, so reading a run back and re-sorting keeps its order."""
+    return (-written_score(hit.score), hit.docid)
+
+
 def sorted_hits(hits: Sequence[Hit]) -> list[Hit]:
-    """Pyserini's deterministic order: score descending, ties by docid ascending."""
-    return sorted(hits, key=lambda hit: (-hit.score, hit.docid))
+    """Hits in `ranking_key` order: score as written descending, ties by docid ascending."""
+    return sorted(hits, key=ranking_key)
 
 
 def format_run_lines(qid: str, hits: Sequence[Hit], tag: str) -> list[str]:
-    """TREC lines (each ending in a newline) for one query, in (-score, docid) order with ranks 1..n.
+    """TREC lines (each ending in a newline) for one query, in `ranking_key` order with ranks 1..n.
 
     Scores are written with 6 decimals, as Pyserini's TrecWriter does.
     """
@@ -119,6 +146,9 @@ def format_run_lines(qid: str, hits: Sequence[Hit], tag: str) -> list[str]:
     lines = []
     for rank, hit in enumerate(sorted_hits(hits), start=1):
         _check_token("document id", hit.docid)
+        if not math.isfinite(hit.score):  # never write nan/inf: no reader here (nor trec_eval's order) copes with it
+            raise UserError(f"query {qid!r}, document {hit.docid!r}: score {hit.score!r} is not finite and cannot "
+                            "be written to a run")
         lines.append(f"{qid} Q0 {hit.docid} {rank} {hit.score:.6f} {tag}\n")
     return lines
 

@@ -30,7 +30,7 @@ from pyserini_ssm.models.registry import ModelSpec
 from pyserini_ssm.models.scoring import MAMBA_FAMILIES, ScoringModel, output_hidden_size
 from pyserini_ssm.models.templates import PairEncoder, get_template
 from pyserini_ssm.ops.batching import length_sorted_batches, pack_batch, pack_sequences, pad_batch, scatter_scores
-from pyserini_ssm.runs import Hit
+from pyserini_ssm.runs import Hit, ranking_key
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,8 @@ class Reranker:
 
     def rerank(self, query: str, hits: Sequence[Any], depth: int | None = None, batch_size: int = 32) -> list[Hit]:
         """Rerank the top `depth` hits (all when None) by model score; hits below the depth keep their first-stage
-        order under the reranked ones (scores below the lowest reranked score). Ties keep first-stage order."""
+        order under the reranked ones (scores below the lowest reranked score). Reranked hits follow `runs.ranking_key`:
+        score as the run file writes it (6 decimals) descending, ties by docid, as the rerank CLI orders them."""
         fields = [hit_fields(hit) for hit in hits]
         if depth is not None and depth < 0:
             raise UserError(f"rerank depth must be >= 0, not {depth}")
@@ -379,8 +380,8 @@ class Reranker:
         if not head:
             return [Hit(docid, score, text) for docid, score, text in fields]
         scores = self.predict([(query, text) for _, _, text in head], batch_size=batch_size)
-        order = sorted(range(len(head)), key=lambda index: (-float(scores[index]), index))
-        reranked = [Hit(head[index][0], float(scores[index]), head[index][2]) for index in order]
+        scored = [Hit(docid, float(score), text) for (docid, _, text), score in zip(head, scores)]
+        reranked = sorted(scored, key=ranking_key)  # the rule the rerank CLI writes by: equal scores, docid order
         floor = float(scores.min())
         below = [Hit(docid, floor - (rank + 1), text) for rank, (docid, _, text) in enumerate(tail)]
         return reranked + below
