@@ -11,9 +11,9 @@ import torch
 
 from pyserini_ssm import bench
 from pyserini_ssm.benchmarking import (
-    SAME_SIZE_LLAMA, BenchConfig, VarlenAttention, bench_spec, build_bench_reranker, count_parameters,
-    inference_groups, lognormal_lengths, measure_inference, measure_training, msmarco_workload, read_jsonl,
-    score_groups, synthetic_tokenizer, validate,
+    SAME_SIZE_LLAMA, BenchConfig, bench_spec, build_bench_reranker, count_parameters, inference_groups,
+    lognormal_lengths, max_tokens_per_call, measure_fixed_length, measure_fixed_length_training, measure_inference,
+    measure_training, msmarco_workload, read_jsonl, score_groups, synthetic_tokenizer, validate,
 )
 from pyserini_ssm.errors import UserError
 
@@ -43,7 +43,8 @@ def test_bench_end_to_end_writes_json_lines_and_png(tmp_path, capsys):
     for model in (SAME_SIZE_LLAMA, "minilm-l6"):
         for benchmark, method in (("inference", "padded-random"), ("inference", "sorted"), ("inference", "packed"),
                                   ("inference", "predict"), ("fixed-length", "padded"),
-                                  ("training", "train-padded"), ("training", "train-packed")):
+                                  ("training", "train-padded"), ("training", "train-packed"),
+                                  ("fixed-length-training", "train-padded")):
             assert (model, benchmark, method) in seen
     assert ("minilm-l6", "crossencoder", "crossencoder") in seen
     for record in records:
@@ -58,7 +59,12 @@ def test_bench_end_to_end_writes_json_lines_and_png(tmp_path, capsys):
     padded = next(r for r in inference if r["method"] == "padded-random")
     packed = next(r for r in inference if r["method"] == "packed")
     assert packed["padded_tokens"] == packed["tokens"] < padded["padded_tokens"]
-    assert (output / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("throughput.png", "efficiency_throughput.png", "efficiency_memory.png"):
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every record of a transformer names the attention kernel that ran: SDPA padded, the reference loop packed.
+    attention = {(r["benchmark"], r["method"]): r["attention"] for r in records if r["model"] == SAME_SIZE_LLAMA}
+    assert attention[("inference", "sorted")] == "sdpa"
+    assert attention[("inference", "packed")] == attention[("training", "train-packed")] == "sdpa-per-sequence"
     table = capsys.readouterr().out
     assert "padded-random" in table and "crossencoder" in table
 
@@ -81,16 +87,16 @@ def test_sorted_and_packed_scores_equal_the_padded_baseline(name, tokenizer):
     family = reranker.spec.family
     if family == "mamba1":
         return  # no variable-length kernel
-    mode = "seq_idx" if family == "mamba2" else "varlen"
     groups = inference_groups("packed", lengths, 7, token_budget=300)
     assert len(groups) > 1 and max(len(group) for group in groups) > 1
-    if mode == "varlen":
-        with VarlenAttention(reranker.model.backbone):
-            packed = score_groups(reranker, workload.encoded, groups, mode)
-        assert reranker.model.backbone.config._attn_implementation != "pyserini_ssm_varlen"  # restored
-    else:
-        packed = score_groups(reranker, workload.encoded, groups, mode)
+    packed = score_groups(reranker, workload.encoded, groups, "packed")
     np.testing.assert_allclose(packed, baseline, rtol=0, atol=TOLERANCE)
+    if family != "mamba2":
+        # predict packs transformers on CUDA; on the CPU (reference kernel) only when asked to, as here.
+        reranker.pack = True
+        predicted_packed = reranker.predict(workload.texts, batch_size=5, max_tokens=300)
+        np.testing.assert_allclose(predicted_packed, baseline, rtol=0, atol=TOLERANCE)
+        assert reranker.model.backbone.config._attn_implementation == "pyserini_ssm_varlen"
 
 
 def test_measure_inference_compares_every_method_with_the_baseline(tokenizer):
@@ -104,7 +110,7 @@ def test_measure_inference_compares_every_method_with_the_baseline(tokenizer):
     assert records[2].padded_tokens == workload.tokens
 
 
-@pytest.mark.parametrize("name", [SAME_SIZE_LLAMA, "minilm-l6"])
+@pytest.mark.parametrize("name", [SAME_SIZE_LLAMA, "minilm-l6", "opt-350m", "roberta-base"])
 def test_packed_training_step_has_the_padded_loss(name, tokenizer):
     losses = {}
     for packed in (False, True):
