@@ -781,7 +781,9 @@ def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_
 
 def _disable_gradient_checkpointing(model: Any) -> None:
     for module in model.modules():
-        disable = getattr(module, "gradient_checkpointing_disable", None)
+        # transformers >= 5 renamed it activation_checkpointing_disable (the old name warns)
+        disable = getattr(module, "activation_checkpointing_disable", None) or getattr(
+            module, "gradient_checkpointing_disable", None)
         if disable is not None and getattr(module, "is_gradient_checkpointing", False):
             disable()
 
@@ -1036,7 +1038,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[
         log(f"{name}: {reranker.spec.family}, {count_parameters(reranker.model) / 1e6:.1f}M parameters, built in "
             f"{time.perf_counter() - started:.1f} s on {device}")
         workload = None
-        if config.inference or config.training:
+        if "msmarco" in config.lengths and (config.inference or config.training):
             workload = msmarco_workload(reranker.encoder, config.pairs, candidates=config.candidates,
                                         seed=config.seed)
             log(f"  MS MARCO lengths: {workload.name}, {len(workload.encoded)} pairs, mean "
@@ -1077,16 +1079,18 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[
                     steps=config.train_steps, warmup=1, seed=config.seed)])
         del reranker
         _free_memory(device)
-        if output is not None:
+        if output is not None:  # after each model: a later failure (or time limit) keeps what was measured
             write_jsonl(records, machine, output / "bench.jsonl")
     if output is not None:
-        write_jsonl(records, machine, output / "bench.jsonl")
-        where = machine.get('gpu') or machine['cpu']
-        plot_throughput(records, output / "throughput.png",
-                        title=f"{where}, {records[0].dtype if records else ''}")
-        plot_efficiency(records, output / "efficiency_throughput.png", output / "efficiency_memory.png",
-                        title=where)
+        write_plots(records, machine, output)
     return records, machine
+
+
+def write_plots(records: Sequence[Measurement], machine: dict[str, Any], output: Path) -> None:
+    """throughput.png, efficiency_throughput.png and efficiency_memory.png (the last two with fixed lengths)."""
+    where = machine.get("gpu") or machine["cpu"]
+    plot_throughput(records, output / "throughput.png", title=f"{where}, {records[0].dtype if records else ''}")
+    plot_efficiency(records, output / "efficiency_throughput.png", output / "efficiency_memory.png", title=where)
 
 
 def _crossencoder_records(reranker: Any, workload: Workload, config: BenchConfig) -> list[Measurement]:

@@ -180,6 +180,22 @@ def test_packed_rows_in_predict_equal_padded_batches(tiny_reranker):
     np.testing.assert_allclose(packed, padded, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_packed_transformer_rows_in_predict_equal_padded_batches(family, tiny_reranker):
+    """`predict` packs transformers on CUDA through varlen attention; on the CPU the same path runs the
+    per-sequence reference when asked to, and must give the padded scores."""
+    reranker = load(tiny_reranker(family), device="cpu", dtype="fp32")
+    assert not reranker.pack  # CPU: padded by default
+    pairs = [(f"query {index % 2}", DOCUMENTS[index % len(DOCUMENTS)]) for index in range(9)]
+    padded = reranker.predict(pairs, batch_size=3)
+    reranker.pack = True
+    try:
+        packed = reranker.predict(pairs, batch_size=3, max_tokens=120)
+    finally:
+        reranker.pack = False
+    np.testing.assert_allclose(packed, padded, rtol=0, atol=1e-5)
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_every_score(tiny_reranker):
     reranker = load(tiny_reranker("encoder"))
     pairs = [("q", DOCUMENTS[index % len(DOCUMENTS)]) for index in range(12)]

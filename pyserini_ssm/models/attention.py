@@ -56,9 +56,10 @@ _warned: set[str] = set()
 # Which kernel ran
 
 
-def record_kernel(name: str, dtype: torch.dtype | None = None) -> None:
+def record_kernel(name: str, dtype: torch.dtype | None = None, given: tuple | None = None) -> None:
+    """Count one attention call of kernel `name` that ran in `dtype` (`given`: the q/k/v dtypes it was handed)."""
     _calls[name] += 1
-    _last.update(kernel=name, dtype=dtype)
+    _last.update(kernel=name, dtype=dtype, given=given)
 
 
 def kernel_record() -> dict[str, int]:
@@ -67,7 +68,8 @@ def kernel_record() -> dict[str, int]:
 
 
 def last_kernel_call() -> dict[str, Any]:
-    """The kernel and q/k/v dtype of the most recent attention call through `VARLEN_ATTENTION`."""
+    """The most recent attention call through `VARLEN_ATTENTION`: {"kernel", "dtype" (what the kernel got),
+    "given" (the q/k/v dtypes the layer handed over, before the autocast cast)}."""
     return dict(_last)
 
 
@@ -202,7 +204,7 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                      max_length: int | None = None) -> torch.Tensor:
     """Attention within each sequence of one packed row: query (T, Hq, D), key/value (T, Hkv, D) -> (T, Hq, D)."""
     name, q, k, v = select_varlen_kernel(query, key, value)
-    record_kernel(name, q.dtype)
+    record_kernel(name, q.dtype, (query.dtype, key.dtype, value.dtype))
     if name == SDPA_LOOP:
         return _sdpa_per_sequence(q, k, v, cu_seqlens, causal=causal, scale=scale, dropout=dropout)
     if max_length is None:
