@@ -26,8 +26,13 @@ call2)
     bash "$root/.gpu/install-on-device.sh"
     python3 -m pyserini_ssm.bench --models llama-780m,mamba2-780m,mamba1-790m --device cuda --inference --training \
         --lengths 128,512,1024,2048,4096,8192,16384 --max-length 16384 --fixed-tokens 65536 --repeats 2 \
-        --warmup 1 --train-groups 16 --group-size 8 --train-tokens 65536 --train-steps 2 --no-crossencoder \
-        --output "$out" 2>&1 | grep -v "it/s\]" | tail -60
+        --warmup 1 --train-groups 16 --group-size 8 --train-tokens 32768 --train-steps 2 --no-crossencoder \
+        --output "$out" 2>&1 | grep -v "it/s\]" | tail -48
+    # Reranker.predict against the packed model-only rate, after the first-chunk change (DL19 lengths)
+    python3 -m pyserini_ssm.bench --models llama-780m --device cuda --inference --lengths msmarco --pairs 4096 \
+        --repeats 3 --tokenizer tests/data/smollm2-tokenizer \
+        --candidates "$root/.device-data/retrieve_results_dl19.bm25.top100.json.gz" --output "$out/predict" \
+        2>&1 | grep -E "^  inference"
     ;;
 *)
     echo "usage: bash bin/gpu-issue12.sh call1|call2 OUTPUT_FOLDER" >&2; exit 2 ;;

@@ -249,3 +249,13 @@ def test_cpu_device_on_a_gpu_machine_uses_the_torch_backend(tiny_reranker):
     assert reranker.model.backbone.backend == "torch"
     on_gpu = load(tiny_reranker("mamba2"), device="cuda", dtype="fp32", backend="torch")
     np.testing.assert_allclose(reranker.predict(GPU_PAIRS), on_gpu.predict(GPU_PAIRS), rtol=1e-4, atol=1e-5)
+
+
+def test_tokenization_chunks_start_small_then_cover_every_pair():
+    from pyserini_ssm.models.reranker import FIRST_CHUNK, TOKENIZE_CHUNK, chunk_bounds
+
+    bounds = chunk_bounds(5000)
+    assert bounds[0] == (0, FIRST_CHUNK) and bounds[1] == (FIRST_CHUNK, FIRST_CHUNK + TOKENIZE_CHUNK)
+    assert [end for _, end in bounds][-1] == 5000
+    assert all(previous[1] == current[0] for previous, current in zip(bounds, bounds[1:]))
+    assert chunk_bounds(0) == [] and chunk_bounds(100) == [(0, 100)]
