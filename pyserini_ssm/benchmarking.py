@@ -917,6 +917,44 @@ def plot_throughput(records: Sequence[Measurement], path: str | os.PathLike, tit
     return Path(path)
 
 
+def measurement_from_json(record: dict[str, Any]) -> Measurement:
+    """A `Measurement` back from one `bench.jsonl` line (its `machine` field dropped)."""
+    fields = Measurement.__dataclass_fields__
+    return Measurement(**{key: value for key, value in record.items() if key in fields})
+
+
+def efficiency_table(records: Sequence[Measurement]) -> str:
+    """The efficiency figure as a Markdown table: per fixed length and model, inference and training pairs/s with
+    peak memory (GiB), the method (packed/padded), pairs per step and the attention kernel; one line per length."""
+    wanted = ("fixed-length", "fixed-length-training")
+    usable = [r for r in records if r.benchmark in wanted]
+    models = list(dict.fromkeys(r.model for r in usable))
+    lengths = sorted({int(r.lengths) for r in usable})
+    by_key = {(r.benchmark, r.model, int(r.lengths)): r for r in usable}
+
+    def cell(record: Measurement | None, training: bool) -> str:
+        if record is None:
+            return "—"
+        if record.skipped:
+            return f"skipped ({record.note[:40]})"
+        memory = f"{record.peak_memory_mb / 1024:.1f} GiB" if record.peak_memory_mb is not None else "?"
+        extra = f", {record.pairs}/step" if training else ""
+        extra += ", ckpt" if record.grad_checkpointing else ""
+        method = record.method.replace("train-", "")
+        return f"{record.pairs_per_s:,.1f} ({memory}; {method}{extra})"
+
+    header = ["length"] + [f"{model} {kind}" for model in models for kind in ("inference", "training")]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---:"] * len(header)) + " |"]
+    for length in lengths:
+        row = [f"{length:,}"]
+        for model in models:
+            row.append(cell(by_key.get(("fixed-length", model, length)), False))
+            row.append(cell(by_key.get(("fixed-length-training", model, length)), True))
+        lines.append("| " + " | ".join(row) + " |")
+    kernels = sorted({f"{r.model}: {r.attention}" for r in usable if r.attention and not r.skipped})
+    return "\n".join(lines) + ("\n\nattention kernels: " + "; ".join(kernels) if kernels else "")
+
+
 def plot_efficiency(records: Sequence[Measurement], throughput_path: str | os.PathLike,
                     memory_path: str | os.PathLike, title: str = "") -> list[Path]:
     """The efficiency figure: pairs/s (log) against the fixed length (log 2), inference and training side by
@@ -1133,5 +1171,6 @@ __all__ = ["Measurement", "Workload", "BenchConfig", "run_bench", "measure_infer
            "crossencoder_from_reranker", "build_bench_reranker", "bench_spec", "synthetic_tokenizer",
            "msmarco_workload", "fixed_workload", "lognormal_lengths", "score_groups", "inference_groups",
            "packing_mode", "attention_label", "max_tokens_per_call", "widest_activation", "machine_info",
-           "format_table", "write_jsonl", "read_jsonl", "plot_throughput", "plot_efficiency", "time_call",
+           "format_table", "write_jsonl", "read_jsonl", "plot_throughput", "plot_efficiency", "efficiency_table",
+           "measurement_from_json", "write_plots", "time_call",
            "SAME_SIZE_LLAMA"]

@@ -11,9 +11,9 @@ import torch
 
 from pyserini_ssm import bench
 from pyserini_ssm.benchmarking import (
-    SAME_SIZE_LLAMA, BenchConfig, bench_spec, build_bench_reranker, count_parameters, inference_groups,
-    lognormal_lengths, max_tokens_per_call, measure_fixed_length, measure_fixed_length_training, measure_inference,
-    measure_training, msmarco_workload, read_jsonl, score_groups, synthetic_tokenizer, validate,
+    SAME_SIZE_LLAMA, BenchConfig, bench_spec, build_bench_reranker, count_parameters, efficiency_table,
+    inference_groups, lognormal_lengths, max_tokens_per_call, measure_inference, measure_training,
+    measurement_from_json, msmarco_workload, read_jsonl, score_groups, synthetic_tokenizer, validate, widest_activation,
 )
 from pyserini_ssm.errors import UserError
 
@@ -65,6 +65,9 @@ def test_bench_end_to_end_writes_json_lines_and_png(tmp_path, capsys):
     attention = {(r["benchmark"], r["method"]): r["attention"] for r in records if r["model"] == SAME_SIZE_LLAMA}
     assert attention[("inference", "sorted")] == "sdpa"
     assert attention[("inference", "packed")] == attention[("training", "train-packed")] == "sdpa-per-sequence"
+    table = efficiency_table([measurement_from_json(record) for record in records]).splitlines()
+    assert table[0].startswith("| length | llama-780m inference | llama-780m training | minilm-l6 inference")
+    assert table[2].startswith("| 64 | ") and "padded" in table[2] and "GiB" in table[2]
     table = capsys.readouterr().out
     assert "padded-random" in table and "crossencoder" in table
 
@@ -133,6 +136,20 @@ def test_same_size_llama_is_the_size_of_mamba2_780m():
     llama = count_parameters(backbone)
     assert spec.family == "decoder" and spec.architecture["model_type"] == "llama"
     assert abs(llama - 780.2e6) / 780.2e6 < 0.01, llama
+
+
+def test_int32_cap_uses_mamba2_780m_widest_activation():
+    """Issue 17: mamba-ssm's Triton kernels index with int32, so tokens per call x d_in_proj must stay < 2^31."""
+    import types
+
+    from pyserini_ssm.init import build_random_backbone
+
+    spec = bench_spec("mamba2-780m")
+    with torch.device("meta"):
+        backbone = build_random_backbone(spec, dict(spec.architecture), device="meta")
+    model = types.SimpleNamespace(backbone=backbone, hidden_size=1536)
+    assert widest_activation(model) == 6448
+    assert max_tokens_per_call(model) == (2**31 - 1) // 6448 == 333_046
 
 
 def test_lognormal_lengths_have_the_msmarco_mean():
