@@ -454,6 +454,7 @@ def score_groups(reranker: Any, encoded: Sequence[Any], groups: Sequence[Sequenc
 
     from pyserini_ssm.ops.batching import pack_batch, pad_batch, scatter_scores
 
+    mode = {"seq_idx": "packed", "varlen": "packed"}.get(mode, mode)  # the packing modes' older names
     if mode not in ("padded", "packed"):
         raise ValueError(f"unknown mode {mode!r}; expected padded or packed")
     model = reranker.model
