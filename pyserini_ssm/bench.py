@@ -1,7 +1,8 @@
 """`python -m pyserini_ssm.bench`: inference and training throughput and memory of rerankers (random weights at full
 size, nothing downloaded), with the naive padded-random baseline and sentence-transformers' CrossEncoder measured in
-the same run. Prints a table; writes `bench.jsonl` (one record per measurement, with machine info) and
-`throughput.png` into `--output`. See docs/BENCHMARKS.md.
+the same run. Prints a table; writes `bench.jsonl` (one record per measurement, with machine info, the attention
+kernel that ran), `throughput.png` and, with fixed lengths, `efficiency_throughput.png` and `efficiency_memory.png`
+into `--output`. See docs/BENCHMARKS.md.
 
     python -m pyserini_ssm.bench --models mamba2-780m,mamba1-790m,llama-780m --device cuda --dtype bf16 \
         --inference --training --lengths msmarco,128,512,1024,2048 --pairs 4096 \
@@ -68,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CrossEncoder.predict batch size (default 32, its own default)")
     parser.add_argument("--train-groups", type=int, default=16, help="LCE groups per training step (default 16)")
     parser.add_argument("--group-size", type=int, default=8, help="pairs per LCE group (default 8)")
-    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps after 2 warm-up steps")
+    parser.add_argument("--train-steps", type=int, default=10,
+                        help="timed training steps after the warm-up steps (2 at MS MARCO lengths, 1 at fixed ones)")
+    parser.add_argument("--train-tokens", type=int, default=65536,
+                        help="fixed-length training: at most this many tokens per step (pairs per step = min("
+                             "train-groups x group-size, this / length), halved on out-of-memory; default 65536)")
     parser.add_argument("--backend", choices=("auto", "torch", "cuda"), default="auto",
                         help="Mamba backend (default auto: mamba-ssm kernels on CUDA)")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fixed_tokens=args.fixed_tokens, repeats=args.repeats, warmup=args.warmup, tokenizer=args.tokenizer, candidates=args.candidates,
         max_length=args.max_length, crossencoder_batch_size=args.crossencoder_batch_size,
         train_groups=args.train_groups, group_size=args.group_size, train_steps=args.train_steps,
+        train_tokens=args.train_tokens,
         backend=args.backend, seed=args.seed, output=args.output)
     records, _ = run_bench(config)
     print()

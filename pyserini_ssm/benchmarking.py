@@ -10,10 +10,14 @@ Without a real tokenizer the bench uses a synthetic word-level one (`synthetic_t
 token, so synthetic texts have exactly the token lengths asked for and the end-to-end paths (`Reranker.predict`,
 `CrossEncoder.predict`) can be timed on the same pairs as the pre-tokenized ones.
 
-Packing transformers needs variable-length attention: `register_varlen_attention` adds an attention function to
-transformers' `AttentionInterface` that runs PyTorch's `torch.nn.attention.varlen.varlen_attn` (FlashAttention
-inside PyTorch, CUDA, bf16/fp16) on one packed row, and a per-sequence SDPA loop elsewhere (the CPU reference the
-tests compare with). It is a measurement here, not yet a path of `Reranker`.
+Packed rows run the library's own paths (`ScoringModel` on `ops.batching.pack_batch` rows: Mamba-2 through
+`seq_idx`, transformers through `models.attention`'s varlen attention), the code `Reranker.predict` and `train`
+run; the bench has no fast path of its own. Each record names the attention kernel that ran (`attention`).
+
+Fixed lengths (`--lengths 128,...,16384`) measure each model at its best setting: packed rows where it packs, the
+largest batch (inference) or pairs per step (training) that fits, halved on CUDA out-of-memory, and capped so that
+batch x length x the widest activation stays under 2^31 elements (mamba-ssm's Triton kernels index with int32).
+`plot_efficiency` draws throughput and peak memory against length.
 
 This module imports no pyserini and no Java: it runs on the GPU machines.
 """
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import inspect
 import json
 import logging
 import math
@@ -45,18 +48,20 @@ logger = logging.getLogger(__name__)
 
 MSMARCO_MEAN_TOKENS = 89  # mean template length of the DL19 top-100 pairs, GPT-NeoX tokenizer (docs/BENCHMARKS.md)
 LOGNORMAL_SIGMA = 0.45
-VARLEN_ATTENTION = "pyserini_ssm_varlen"
 METHODS = ("padded-random", "sorted", "packed")
+# mamba-ssm's Triton kernels index with int32: batch x length x the widest activation must stay below this.
+INT32_ELEMENTS = 2**31 - 1
 
 # A Llama-style decoder the size of mamba2-780m (780.2M parameters): same vocabulary (GPT-NeoX tokenizer) and width,
 # Llama-3.2's shapes otherwise (SwiGLU 8/3 x width, 64-dim heads, 3 query heads per key/value head); 28 layers make
 # 782.0M parameters. The papers compare Mamba-2 with transformers of the same size; no registry entry has it.
+# 16,384 positions (RoPE, random weights): the efficiency figure goes out to 16k tokens.
 SAME_SIZE_LLAMA = "llama-780m"
 BENCH_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     SAME_SIZE_LLAMA: ("llama-3.2-1b", {
         "hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 28, "num_attention_heads": 24,
         "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 50288, "tie_word_embeddings": True,
-        "max_position_embeddings": 8192, "rope_scaling": None,
+        "max_position_embeddings": 16384, "rope_scaling": None,
     }),
 }
 
@@ -67,7 +72,7 @@ class Measurement:
     model computed. `max_abs_diff`/`max_rel_error` compare the scores with the padded-random baseline's
     (relative to the largest baseline score's magnitude)."""
 
-    benchmark: str  # inference | fixed-length | crossencoder | training
+    benchmark: str  # inference | fixed-length | crossencoder | training | fixed-length-training
     model: str
     family: str
     method: str
@@ -92,6 +97,8 @@ class Measurement:
     fp8_quantizer: str | None = None  # --dtype fp8: the input quantiser that ran (triton or torch)
     first_loss: float | None = None  # training: loss of the first (warm-up) step and of the last
     last_loss: float | None = None
+    attention: str = ""  # attention kernel(s) that ran: sdpa (padded), torch-varlen / flash-attn-4 / ... (packed)
+    grad_checkpointing: bool = False  # training: activations recomputed in backward
     skipped: bool = False
     note: str = ""
 
@@ -140,6 +147,7 @@ class BenchConfig:
     train_groups: int = 16
     group_size: int = 8
     train_steps: int = 10
+    train_tokens: int = 65536  # fixed-length training: tokens per step at most (pairs = this / length, >= 2)
     backend: str = "auto"
     seed: int = 0
     output: str | None = None
@@ -206,8 +214,11 @@ def time_call(function: Callable[[], Any], device: Any, repeats: int = 3, warmup
     memory (reset before each run; the largest) or the process's peak RSS on CPU."""
     import torch
 
+    from pyserini_ssm.models.attention import reset_kernel_record
+
     cuda = torch.device(device).type == "cuda"
     result = None
+    reset_kernel_record()  # the record then names the kernels of this call alone (`attention_label`)
     for _ in range(warmup):
         result = function()
         _sync(device)
@@ -389,161 +400,39 @@ def build_bench_reranker(name: str, *, scale: str = "full", tokenizer: Any = Non
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Variable-length attention for transformers (a measurement; see the module docstring)
-
-
-def _varlen_kernel() -> Callable | None:
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn
-
-
-def varlen_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                             scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any):
-    """transformers attention function for ONE packed row: query (1, Hq, T, D), key/value (1, Hkv, T, D), sequences
-    delimited by `cu_seq_lens_q` (N + 1,) int32. Returns (1, T, Hq, D) and no weights.
-
-    CUDA bf16/fp16: PyTorch's varlen FlashAttention. Elsewhere: SDPA per sequence (exact reference)."""
-    import torch
-    import torch.nn.functional as F
-
-    cu_seqlens = kwargs.get("cu_seq_lens_q")
-    if cu_seqlens is None:
-        raise ValueError(f"{VARLEN_ATTENTION} attention needs cu_seq_lens_q (a packed row)")
-    if query.shape[0] != 1:
-        raise ValueError(f"{VARLEN_ATTENTION} attention takes one packed row, got a batch of {query.shape[0]}")
-    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
-    q = query[0].transpose(0, 1)  # (T, Hq, D)
-    k = key[0].transpose(0, 1)  # (T, Hkv, D)
-    v = value[0].transpose(0, 1)
-    heads, kv_heads = q.shape[1], k.shape[1]
-    kernel = _varlen_kernel()
-    if q.is_cuda and kernel is not None and q.dtype in (torch.bfloat16, torch.float16):
-        parameters = inspect.signature(kernel).parameters
-        options: dict[str, Any] = {"scale": scaling}
-        if "window_size" in parameters:
-            options["window_size"] = (-1, 0) if causal else (-1, -1)
-        else:
-            options["is_causal"] = causal
-        if kv_heads != heads:
-            if "enable_gqa" in parameters:
-                options["enable_gqa"] = True
-            else:
-                k = k.repeat_interleave(heads // kv_heads, dim=1)
-                v = v.repeat_interleave(heads // kv_heads, dim=1)
-        max_length = int(kwargs.get("max_length_q") or int((cu_seqlens[1:] - cu_seqlens[:-1]).max()))
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        output = kernel(q, k, v, cu, cu, max_length, max_length, **options)  # (T, Hq, D)
-        return output.unsqueeze(0), None
-    if kv_heads != heads:
-        k = k.repeat_interleave(heads // kv_heads, dim=1)
-        v = v.repeat_interleave(heads // kv_heads, dim=1)
-    bounds = cu_seqlens.tolist()
-    outputs = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        outputs.append(F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1), k[start:end].transpose(0, 1), v[start:end].transpose(0, 1),
-            is_causal=causal, scale=scaling).transpose(0, 1))  # (L, Hq, D)
-    return torch.cat(outputs).unsqueeze(0), None
-
-
-def register_varlen_attention() -> str:
-    """Register the varlen attention function with transformers (once); returns its name."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
-    return VARLEN_ATTENTION
-
-
-def supports_varlen(model: Any) -> tuple[bool, str]:
-    """Whether this transformers backbone can run packed rows through `register_varlen_attention`."""
-    backbone = model.backbone
-    if model.family in ("mamba1", "mamba2"):
-        return False, "a Mamba backbone (packing goes through seq_idx)"
-    if not getattr(backbone, "_supports_attention_backend", False):
-        return False, (f"{type(backbone).__name__} does not route attention through transformers' "
-                       f"AttentionInterface (e.g. DeBERTa's relative attention)")
-    return True, ""
-
-
-class VarlenAttention:
-    """Context manager: the backbone runs the varlen attention function inside, its own implementation after."""
-
-    def __init__(self, backbone: Any) -> None:
-        self.backbone = backbone
-        self.previous = backbone.config._attn_implementation
-
-    def _set(self, name: str) -> None:
-        try:
-            self.backbone.set_attn_implementation(name)
-        except Exception:  # older transformers: the config attribute is what the layers read
-            self.backbone.config._attn_implementation = name
-
-    def __enter__(self) -> "VarlenAttention":
-        self._set(register_varlen_attention())
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._set(self.previous)
-
-
-def pack_with_types(encoded: Sequence[Any], device: Any) -> dict[str, Any]:
-    """`ops.batching.pack_batch` plus `token_type_ids` (1, T) when the pairs have segments."""
-    import torch
-
-    from pyserini_ssm.ops.batching import pack_batch
-
-    batch = pack_batch(encoded, device=device)
-    if encoded[0].token_type_ids is not None:
-        types = np.fromiter((t for item in encoded for t in item.token_type_ids), dtype=np.int64)
-        batch["token_type_ids"] = torch.from_numpy(types).unsqueeze(0).to(device, non_blocking=True)
-    return batch
-
-
-def varlen_scores(model: Any, batch: dict[str, Any]) -> Any:
-    """Scores (N,) of one packed row through a transformers backbone (inside `VarlenAttention`): position ids restart
-    per sequence, attention stays within each sequence; pooling reads each sequence's first (cls) or last token."""
-    backbone = model.backbone
-    cu_seqlens = batch["cu_seqlens"]  # (N + 1,) int32
-    max_length = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    position_ids = batch["position_ids"]  # (1, T)
-    config = backbone.config
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        position_ids = position_ids + int(config.pad_token_id) + 1  # RoBERTa numbers positions after the pad id
-    kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "position_ids": position_ids,
-                              "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
-                              "max_length_q": max_length, "max_length_k": max_length}
-    if "token_type_ids" in batch:
-        kwargs["token_type_ids"] = batch["token_type_ids"]
-    hidden = backbone(**kwargs).last_hidden_state  # (1, T, D)
-    index = cu_seqlens[:-1].long() if model.pooling == "cls" else batch["last_index"]
-    pooled = hidden[0, index.to(hidden.device)]  # (N, D)
-    return model.head(model.dropout(pooled.to(model.head.weight.dtype))).squeeze(-1).float()  # (N,)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Inference
 
 
-def packing_mode(reranker: Any) -> tuple[str | None, str]:
-    """How this model packs: "seq_idx" (Mamba-2, mamba-ssm kernels), "varlen" (transformers), or None and why."""
-    model = reranker.model
-    if model.family == "mamba1":
-        return None, "Mamba-1 has no variable-length kernel: sorted padded batches are its best path"
-    if model.family == "mamba2":
-        if getattr(model.backbone, "backend", "") == "cuda":
-            return "seq_idx", ""
-        return None, "Mamba-2 packing needs the mamba-ssm kernels on CUDA (the torch backend only has a reference)"
-    ok, why = supports_varlen(model)
-    if not ok:
-        return None, why
-    if reranker.device.type == "cuda" and _varlen_kernel() is None:
-        return None, "this PyTorch has no torch.nn.attention.varlen (needs >= 2.9); flash-attn is not installed"
-    if reranker.device.type != "cuda":
-        return "varlen", "CPU: per-sequence SDPA (the reference path, not a fast kernel)"
-    return "varlen", ""
+def packing_mode(reranker: Any, compute_dtype: Any = None) -> tuple[str | None, str]:
+    """How this model packs on its device: "seq_idx" (Mamba-2), "varlen" (transformers), or None and why
+    (`models.scoring.packing_support`, what `Reranker.predict` and `train` ask too)."""
+    from pyserini_ssm.models.scoring import packing_support
+
+    return packing_support(reranker.model, reranker.device, compute_dtype or reranker.dtype)
+
+
+def attention_label(reranker: Any) -> str:
+    """The attention kernels recorded since the last `reset_kernel_record()`; "none (SSM)" for Mamba."""
+    from pyserini_ssm.models.attention import kernels_used
+
+    if reranker.spec.family in ("mamba1", "mamba2"):
+        return "none (SSM)"
+    return kernels_used()
+
+
+def widest_activation(model: Any) -> int:
+    """The widest linear output of the backbone (mamba2-780m: in_proj 6,448): with batch x length it bounds the
+    elements of the largest activation a kernel indexes."""
+    import torch
+
+    widths = [module.out_features for module in model.backbone.modules() if isinstance(module, torch.nn.Linear)]
+    hidden = getattr(model, "hidden_size", 1)
+    return max(widths + [hidden])
+
+
+def max_tokens_per_call(model: Any) -> int:
+    """Tokens one forward may hold so that tokens x widest activation < 2^31 (issue 17: int32 indexing)."""
+    return INT32_ELEMENTS // widest_activation(model)
 
 
 def inference_groups(method: str, lengths: Sequence[int], batch_size: int, token_budget: int,
@@ -561,23 +450,24 @@ def inference_groups(method: str, lengths: Sequence[int], batch_size: int, token
 
 
 def score_groups(reranker: Any, encoded: Sequence[Any], groups: Sequence[Sequence[int]], mode: str) -> np.ndarray:
-    """Scores (input order) of `encoded` cut into `groups`: mode "padded", "seq_idx" (Mamba-2 packed) or "varlen"."""
+    """Scores (input order) of `encoded` cut into `groups`: mode "padded" (padded batches) or "packed" (one packed
+    row per group, through `ScoringModel`: Mamba-2 seq_idx or transformers varlen attention)."""
     import torch
 
     from pyserini_ssm.ops.batching import pack_batch, pad_batch, scatter_scores
 
+    mode = {"seq_idx": "packed", "varlen": "packed"}.get(mode, mode)  # the packing modes' older names
+    if mode not in ("padded", "packed"):
+        raise ValueError(f"unknown mode {mode!r}; expected padded or packed")
     model = reranker.model
     model.eval()
     outputs = []
     with torch.inference_mode():
         for group in groups:
             items = [encoded[index] for index in group]
-            if mode == "padded":
-                outputs.append(model(pad_batch(items, reranker.pad_id, device=reranker.device)))
-            elif mode == "seq_idx":
-                outputs.append(model(pack_batch(items, device=reranker.device)))
-            else:
-                outputs.append(varlen_scores(model, pack_with_types(items, reranker.device)))
+            batch = (pad_batch(items, reranker.pad_id, device=reranker.device) if mode == "padded"
+                     else pack_batch(items, device=reranker.device))
+            outputs.append(model(batch))
         flat = torch.cat(outputs).float().cpu()
     return scatter_scores(groups, torch.split(flat, [len(group) for group in groups]), len(encoded))
 
@@ -606,7 +496,9 @@ def _base_record(reranker: Any, benchmark: str, method: str, workload: Workload,
                        fp8_quantizer=None if fp8 is None else fp8.quantizer, **extra)
 
 
-def _fill(record: Measurement, timing: Timing, device: Any) -> Measurement:
+def _fill(record: Measurement, timing: Timing, reranker: Any) -> Measurement:
+    device = reranker.device
+    record.attention = attention_label(reranker)
     record.seconds = round(timing.seconds, 6)
     record.pairs_per_s = round(record.pairs / timing.seconds, 2)
     record.tokens_per_s = round(record.tokens / timing.seconds, 1)
@@ -637,14 +529,10 @@ def measure_inference(reranker: Any, workload: Workload, *, methods: Sequence[st
                               token_budget=token_budget if method == "packed" else None,
                               padded_tokens=_padded_tokens(lengths, groups, method == "packed"),
                               repeats=repeats, note=why)
+        mode = "packed" if method == "packed" else "padded"
         try:
-            if mode == "varlen":
-                with VarlenAttention(reranker.model.backbone):
-                    timing = time_call(lambda: score_groups(reranker, workload.encoded, groups, mode),
-                                       reranker.device, repeats, warmup)
-            else:
-                timing = time_call(lambda: score_groups(reranker, workload.encoded, groups, mode), reranker.device,
-                                   repeats, warmup)
+            timing = time_call(lambda: score_groups(reranker, workload.encoded, groups, mode), reranker.device,
+                               repeats, warmup)
         except Exception as error:
             if not _is_oom(error):
                 raise
@@ -656,7 +544,7 @@ def measure_inference(reranker: Any, workload: Workload, *, methods: Sequence[st
         record.max_abs_diff, record.max_rel_error = _compare(scores, reference)
         if reference is None:
             reference = scores
-        records.append(_fill(record, timing, reranker.device))
+        records.append(_fill(record, timing, reranker))
     if end_to_end and workload.texts is not None:
         records.append(measure_predict(reranker, workload, batch_size=batch_size, token_budget=token_budget,
                                        repeats=repeats, warmup=warmup, reference=reference))
@@ -674,32 +562,47 @@ def measure_predict(reranker: Any, workload: Workload, *, batch_size: int, token
                                                 max_tokens=token_budget if reranker.pack else None),
                        reranker.device, repeats, warmup)
     record.max_abs_diff, record.max_rel_error = _compare(np.asarray(timing.result, dtype=np.float64), reference)
-    return _fill(record, timing, reranker.device)
+    return _fill(record, timing, reranker)
 
 
-def measure_fixed_length(reranker: Any, length: int, *, pairs: int, batch_size: int = 256, repeats: int = 3,
-                         warmup: int = 1, seed: int = 0) -> Measurement:
-    """Pairs/s at one fixed length (no padding), halving the batch on CUDA out-of-memory until it fits."""
+def measure_fixed_length(reranker: Any, length: int, *, pairs: int, batch_size: int = 256,
+                         token_budget: int = 32768, repeats: int = 3, warmup: int = 1, seed: int = 0,
+                         method: str | None = None) -> Measurement:
+    """Pairs/s at one fixed length at the model's best setting: packed rows (`method` "packed", the default where
+    the model packs on CUDA) of `token_budget` tokens, else padded batches of `batch_size` pairs (no padding at a fixed
+    length); the tokens of one call capped by `max_tokens_per_call`, and halved on CUDA out-of-memory until it
+    fits."""
+    if method is None:  # packed on CUDA; on the CPU packing is the per-sequence reference, slower than padding
+        method = "packed" if packing_mode(reranker)[0] is not None and reranker.device.type == "cuda" else "padded"
+    if method == "packed" and packing_mode(reranker)[0] is None:
+        raise ValueError(f"{reranker.spec.name} cannot pack here: {packing_mode(reranker)[1]}")
     workload = fixed_workload(reranker.encoder, length, pairs, seed=seed)
     lengths = workload.lengths
-    batch = max(1, min(batch_size, pairs))
+    cap = max_tokens_per_call(reranker.model)
+    per_call = max(1, min(batch_size if method == "padded" else max(1, token_budget // length), pairs,
+                          max(1, cap // length)))  # pairs per batch or per packed row
+    note = "" if per_call * length < cap else f"capped at {cap:,} tokens per call (int32 indexing)"
     while True:
-        groups = [list(range(start, min(start + batch, pairs))) for start in range(0, pairs, batch)]
-        record = _base_record(reranker, "fixed-length", "padded", workload, batch_size=batch,
-                              padded_tokens=_padded_tokens(lengths, groups, False), repeats=repeats)
+        groups = [list(range(start, min(start + per_call, pairs))) for start in range(0, pairs, per_call)]
+        record = _base_record(reranker, "fixed-length", method, workload,
+                              batch_size=per_call if method == "padded" else None,
+                              token_budget=per_call * length if method == "packed" else None,
+                              padded_tokens=_padded_tokens(lengths, groups, method == "packed"), repeats=repeats,
+                              note=note)
         try:
-            timing = time_call(lambda: score_groups(reranker, workload.encoded, groups, "padded"), reranker.device,
+            timing = time_call(lambda: score_groups(reranker, workload.encoded, groups, method), reranker.device,
                                repeats, warmup)
-            return _fill(record, timing, reranker.device)
+            return _fill(record, timing, reranker)
         except Exception as error:
             if not _is_oom(error):
                 raise
             _free_memory(reranker.device)
-            if batch == 1:
+            if per_call == 1:
                 record.skipped, record.note = True, f"CUDA out of memory at length {length} with one pair"
                 return record
-            logger.warning("%s: out of memory at length %d, batch %d: halving", reranker.spec.name, length, batch)
-            batch //= 2
+            logger.warning("%s: out of memory at length %d, %d pairs per call: halving", reranker.spec.name,
+                           length, per_call)
+            per_call //= 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -746,7 +649,7 @@ def measure_crossencoder(reranker: Any, workload: Workload, *, crossencoder: Any
         next(crossencoder.model.parameters()).dtype, "?")
     timing = time_call(lambda: crossencoder.predict(texts, batch_size=batch_size, show_progress_bar=False,
                                                     convert_to_numpy=True), reranker.device, repeats, warmup)
-    return _fill(record, timing, reranker.device)
+    return _fill(record, timing, reranker)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -755,7 +658,7 @@ def measure_crossencoder(reranker: Any, workload: Workload, *, crossencoder: Any
 
 def training_batches(reranker: Any, workload: Workload, *, groups_per_step: int, group_size: int, steps: int,
                      mode: str) -> list[dict[str, Any]]:
-    """Model inputs of `steps` steps, each `groups_per_step` groups of `group_size` consecutive pairs (pair order:
+    """Model inputs (mode "padded" or "packed": one row per step) of `steps` steps, each `groups_per_step` groups of `group_size` consecutive pairs (pair order:
     group by group, positive first), built ahead of time (tokenization and batching are not timed)."""
     from pyserini_ssm.ops.batching import pack_batch, pad_batch
 
@@ -764,12 +667,8 @@ def training_batches(reranker: Any, workload: Workload, *, groups_per_step: int,
     batches = []
     for step in range(steps):
         items = [encoded[(step * per_step + offset) % len(encoded)] for offset in range(per_step)]
-        if mode == "padded":
-            batches.append(pad_batch(items, reranker.pad_id, device=reranker.device))
-        elif mode == "seq_idx":
-            batches.append(pack_batch(items, device=reranker.device))
-        else:
-            batches.append(pack_with_types(items, reranker.device))
+        batches.append(pad_batch(items, reranker.pad_id, device=reranker.device) if mode == "padded"
+                       else pack_batch(items, device=reranker.device))
     return batches
 
 
@@ -792,69 +691,81 @@ def _loss_function() -> Callable[[Any], Any]:
 
 def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_per_step: int = 16,
                      group_size: int = 8, steps: int = 10, warmup: int = 2, lr: float = 2e-5,
-                     dropout: bool = True) -> Measurement:
+                     dropout: bool = True, grad_checkpointing: bool = False, benchmark: str = "training",
+                     raise_oom: bool = False) -> Measurement:
     """Pairs/s of LCE training steps (forward, backward, AdamW) on fp32 master weights with bf16 autocast on CUDA
-    (fp32 on CPU): padded batches, or one packed row per step (Mamba-2 seq_idx / transformers varlen). The
-    reranker's weights must be fp32; they are changed by the steps. `dropout=False` keeps every dropout off
-    (deterministic steps, to compare padded with packed)."""
+    (fp32 on CPU): padded batches, or one packed row per step (Mamba-2 seq_idx / transformers varlen, through
+    `ScoringModel` as in `train`). The reranker's weights must be fp32; they are changed by the steps.
+    `dropout=False` keeps every dropout off (deterministic steps, to compare padded with packed). A CUDA
+    out-of-memory gives a skipped record, or is raised with `raise_oom`."""
     import contextlib
 
     import torch
 
     model = reranker.model
     method = "train-packed" if packed else "train-padded"
-    mode = "padded"
+    cuda = reranker.device.type == "cuda"
     note = ""
     if packed:
-        mode, why = packing_mode(reranker)
+        mode, why = packing_mode(reranker, torch.bfloat16 if cuda else None)
         if mode is None:
-            return _base_record(reranker, "training", method, workload, skipped=True, note=why)
+            return _base_record(reranker, benchmark, method, workload, skipped=True, note=why)
         note = why
+    mode = "packed" if packed else "padded"
     batches = training_batches(reranker, workload, groups_per_step=groups_per_step, group_size=group_size,
                                steps=warmup + steps, mode=mode)
     per_step = groups_per_step * group_size
-    record = _base_record(reranker, "training", method, workload, batch_size=per_step, repeats=steps, note=note)
+    record = _base_record(reranker, benchmark, method, workload, batch_size=per_step, repeats=steps, note=note,
+                          grad_checkpointing=grad_checkpointing)
     record.pairs = per_step
     step_lengths = [[len(workload.encoded[(s * per_step + o) % len(workload.encoded)].input_ids)
                      for o in range(per_step)] for s in range(warmup + steps)]
     record.tokens = int(np.mean([sum(lengths) for lengths in step_lengths[warmup:]]))
     record.padded_tokens = int(np.mean([len(lengths) * max(lengths) if mode == "padded" else sum(lengths)
                                         for lengths in step_lengths[warmup:]]))
-    cuda = reranker.device.type == "cuda"
     record.dtype = "bf16-autocast" if cuda else "fp32"
     loss_function = _loss_function()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-    attention = VarlenAttention(model.backbone) if mode == "varlen" else contextlib.nullcontext()
+    if grad_checkpointing:
+        from pyserini_ssm.training.loop import enable_gradient_checkpointing
+
+        record.grad_checkpointing = enable_gradient_checkpointing(model)
     model.train(dropout)
     times: list[float] = []
     losses: list[float] = []
+    from pyserini_ssm.models.attention import reset_kernel_record
+
+    reset_kernel_record()
     try:
-        with attention:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(reranker.device)
-            for step, batch in enumerate(batches):
-                _sync(reranker.device)
-                start = time.perf_counter()
-                with autocast():
-                    scores = varlen_scores(model, batch) if mode == "varlen" else model(batch)  # (G * n,)
-                loss = loss_function(scores.view(groups_per_step, group_size))  # (G, n) -> scalar
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))  # synchronises
-                _sync(reranker.device)
-                if step >= warmup:
-                    times.append(time.perf_counter() - start)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(reranker.device)
+        for step, batch in enumerate(batches):
+            _sync(reranker.device)
+            start = time.perf_counter()
+            with autocast():
+                scores = model(batch)  # (G * n,)
+            loss = loss_function(scores.view(groups_per_step, group_size))  # (G, n) -> scalar
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))  # synchronises
+            _sync(reranker.device)
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
     except Exception as error:
         if not _is_oom(error):
             raise
-        del optimizer
+        del optimizer, batches
         _free_memory(reranker.device)
+        if raise_oom:
+            raise
         record.skipped, record.note = True, f"CUDA out of memory with {per_step} pairs per step; lower --train-groups"
         return record
     finally:
         model.eval()
+        if grad_checkpointing:
+            _disable_gradient_checkpointing(model)
     seconds = statistics.median(times)
     record.seconds = round(seconds, 6)
     record.pairs_per_s = round(per_step / seconds, 2)
@@ -862,12 +773,64 @@ def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_
     record.peak_memory_mb = round(torch.cuda.max_memory_allocated(reranker.device) / 2**20 if cuda
                                   else _peak_rss_mb(), 1)
     record.memory = _memory_kind(reranker.device) + " (weights, AdamW states, activations)"
+    record.attention = attention_label(reranker)
     record.first_loss, record.last_loss = losses[0], losses[-1]
     record.note = (note + "; " if note else "") + f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; " \
-                                                   f"{groups_per_step} groups x {group_size} per step"
+                                                   f"{groups_per_step} groups x {group_size} per step" + \
+                  ("; gradient checkpointing" if record.grad_checkpointing else "")
     del optimizer
     _free_memory(reranker.device)
     return record
+
+
+def _disable_gradient_checkpointing(model: Any) -> None:
+    for module in model.modules():
+        # transformers >= 5 renamed it activation_checkpointing_disable (the old name warns)
+        disable = getattr(module, "activation_checkpointing_disable", None) or getattr(
+            module, "gradient_checkpointing_disable", None)
+        if disable is not None and getattr(module, "is_gradient_checkpointing", False):
+            disable()
+
+
+def measure_fixed_length_training(reranker: Any, length: int, *, max_pairs: int = 128, max_tokens: int = 65536,
+                                  group_size: int = 8, steps: int = 2, warmup: int = 1,
+                                  seed: int = 0) -> Measurement:
+    """Training pairs/s at one fixed length at the model's best setting: packed rows where it packs on CUDA, the largest
+    pairs per step that fits — from min(`max_pairs`, `max_tokens` / length, the int32 cap / length), halved on CUDA
+    out-of-memory down to 2 pairs (one LCE group of 2), then once more with gradient checkpointing."""
+    import torch
+
+    cuda = reranker.device.type == "cuda"
+    packed = cuda and packing_mode(reranker, torch.bfloat16)[0] is not None
+    cap = max_tokens_per_call(reranker.model)
+    pairs = max(2, min(max_pairs, max_tokens // length, cap // length))
+    checkpointing = False
+    while True:
+        size = min(group_size, pairs)
+        groups = max(1, pairs // size)
+        workload = fixed_workload(reranker.encoder, length, groups * size * (warmup + steps), seed=seed)
+        try:
+            record = measure_training(reranker, workload, packed=packed, groups_per_step=groups, group_size=size,
+                                      steps=steps, warmup=warmup, grad_checkpointing=checkpointing,
+                                      benchmark="fixed-length-training", raise_oom=cuda)
+            record.lengths = str(length)
+            return record
+        except Exception as error:
+            if not _is_oom(error):
+                raise
+            _free_memory(reranker.device)
+            if groups * size > 2:
+                logger.warning("%s: training out of memory at length %d, %d pairs per step: halving",
+                               reranker.spec.name, length, groups * size)
+                pairs = max(2, groups * size // 2)
+            elif not checkpointing:
+                checkpointing = True
+            else:
+                record = _base_record(reranker, "fixed-length-training", "train-packed" if packed else
+                                      "train-padded", workload, skipped=True,
+                                      note=f"CUDA out of memory at length {length} with 2 pairs per step, even "
+                                           f"with gradient checkpointing")
+                return record
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -876,7 +839,7 @@ def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_
 
 def format_table(records: Sequence[Measurement]) -> str:
     header = ("benchmark", "model", "method", "lengths", "dtype", "pairs", "batch", "pairs/s", "tokens/s", "peak MB",
-              "rel.err", "note")
+              "rel.err", "attention", "note")
     rows = [header]
     for r in records:
         batch = r.batch_size if r.batch_size is not None else (f"{r.token_budget}t" if r.token_budget else "")
@@ -884,7 +847,7 @@ def format_table(records: Sequence[Measurement]) -> str:
                      "skipped" if r.skipped else f"{r.pairs_per_s:,.1f}",
                      "" if r.skipped else f"{r.tokens_per_s:,.0f}",
                      "" if r.peak_memory_mb is None else f"{r.peak_memory_mb:,.0f}",
-                     "" if r.max_rel_error is None else f"{r.max_rel_error:.1e}", r.note[:70]))
+                     "" if r.max_rel_error is None else f"{r.max_rel_error:.1e}", r.attention, r.note[:70]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -958,6 +921,90 @@ def plot_throughput(records: Sequence[Measurement], path: str | os.PathLike, tit
     return Path(path)
 
 
+def measurement_from_json(record: dict[str, Any]) -> Measurement:
+    """A `Measurement` back from one `bench.jsonl` line (its `machine` field dropped)."""
+    fields = Measurement.__dataclass_fields__
+    return Measurement(**{key: value for key, value in record.items() if key in fields})
+
+
+def efficiency_table(records: Sequence[Measurement]) -> str:
+    """The efficiency figure as a Markdown table: per fixed length and model, inference and training pairs/s with
+    peak memory (GiB), the method (packed/padded), pairs per step and the attention kernel; one line per length."""
+    wanted = ("fixed-length", "fixed-length-training")
+    usable = [r for r in records if r.benchmark in wanted]
+    models = list(dict.fromkeys(r.model for r in usable))
+    lengths = sorted({int(r.lengths) for r in usable})
+    by_key = {(r.benchmark, r.model, int(r.lengths)): r for r in usable}
+
+    def cell(record: Measurement | None, training: bool) -> str:
+        if record is None:
+            return "—"
+        if record.skipped:
+            return f"skipped ({record.note[:40]})"
+        memory = f"{record.peak_memory_mb / 1024:.1f} GiB" if record.peak_memory_mb is not None else "?"
+        extra = f", {record.pairs}/step" if training else ""
+        extra += ", ckpt" if record.grad_checkpointing else ""
+        method = record.method.replace("train-", "")
+        return f"{record.pairs_per_s:,.1f} ({memory}; {method}{extra})"
+
+    header = ["length"] + [f"{model} {kind}" for model in models for kind in ("inference", "training")]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---:"] * len(header)) + " |"]
+    for length in lengths:
+        row = [f"{length:,}"]
+        for model in models:
+            row.append(cell(by_key.get(("fixed-length", model, length)), False))
+            row.append(cell(by_key.get(("fixed-length-training", model, length)), True))
+        lines.append("| " + " | ".join(row) + " |")
+    kernels = sorted({f"{r.model}: {r.attention}" for r in usable if r.attention and not r.skipped})
+    return "\n".join(lines) + ("\n\nattention kernels: " + "; ".join(kernels) if kernels else "")
+
+
+def plot_efficiency(records: Sequence[Measurement], throughput_path: str | os.PathLike,
+                    memory_path: str | os.PathLike, title: str = "") -> list[Path]:
+    """The efficiency figure: pairs/s (log) against the fixed length (log 2), inference and training side by
+    side, one line per model coloured by family; and the same for peak memory. Nothing without fixed lengths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pyserini_ssm.files import atomic_output
+
+    panels = (("fixed-length", "inference"), ("fixed-length-training", "training"))
+    usable = [r for r in records if not r.skipped and r.pairs_per_s and r.benchmark in dict(panels)]
+    if not usable:
+        return []
+    models = list(dict.fromkeys(r.model for r in usable))
+    written = []
+    for path, value, label, log_y in ((throughput_path, "pairs_per_s", "pairs/s", True),
+                                      (memory_path, "peak_memory_mb", "peak memory (GiB)", False)):
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        for axis, (benchmark, name) in zip(axes, panels):
+            for model in models:
+                mine = sorted((int(r.lengths), r) for r in usable if r.model == model and r.benchmark == benchmark)
+                if not mine:
+                    continue
+                ys = [getattr(r, value) / (1024 if value == "peak_memory_mb" else 1) for _, r in mine]
+                family = mine[0][1].family
+                axis.plot([x for x, _ in mine], ys, marker="o", color=FAMILY_COLOURS.get(family, "tab:gray"),
+                          label=f"{model} ({mine[0][1].method})")
+            axis.set_xscale("log", base=2)
+            if log_y:
+                axis.set_yscale("log")
+            axis.set_xlabel("pair length (tokens)")
+            axis.set_ylabel(f"{name} {label}")
+            axis.set_title(name)
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=8)
+        figure.suptitle(f"{title}: {label} vs length (each model at its best setting)" if title else label)
+        figure.tight_layout()
+        with atomic_output(path, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=120)
+        plt.close(figure)
+        written.append(Path(path))
+    return written
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The whole bench
 
@@ -987,7 +1034,7 @@ def validate(config: BenchConfig) -> None:
         if not Path(name).is_dir():
             bench_spec(name)  # raises with close matches
     _fixed_lengths(config.lengths)
-    for name in ("pairs", "batch_size", "token_budget", "repeats", "fixed_tokens", "train_groups", "train_steps",
+    for name in ("pairs", "batch_size", "token_budget", "repeats", "fixed_tokens", "train_groups", "train_steps", "train_tokens",
                  "crossencoder_batch_size"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(config, name)}")
@@ -1010,8 +1057,9 @@ def validate(config: BenchConfig) -> None:
 
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[list[Measurement], dict[str, Any]]:
-    """Every requested measurement for every model, one model in memory at a time. Writes `bench.jsonl` and
-    `throughput.png` into `config.output` when given (the JSON lines after each model, so a later failure keeps
+    """Every requested measurement for every model, one model in memory at a time. Writes `bench.jsonl`,
+    `throughput.png` and (with fixed lengths) `efficiency_throughput.png` and `efficiency_memory.png` into
+    `config.output` when given (the JSON lines after each model, so a later failure keeps
     what was measured)."""
     import torch
 
@@ -1037,7 +1085,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[
         if reranker.fp8 is not None:
             log(f"  {reranker.fp8.summary()}")
         workload = None
-        if config.inference or config.training:
+        if "msmarco" in config.lengths and (config.inference or config.training):
             workload = msmarco_workload(reranker.encoder, config.pairs, candidates=config.candidates,
                                         seed=config.seed)
             log(f"  MS MARCO lengths: {workload.name}, {len(workload.encoded)} pairs, mean "
@@ -1059,24 +1107,40 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[
                 pairs = max(16, config.fixed_tokens // length)
                 records += _logged(log, [measure_fixed_length(reranker, length, pairs=pairs,
                                                               batch_size=config.batch_size,
+                                                              token_budget=max(config.token_budget, length),
                                                               repeats=config.repeats, warmup=config.warmup,
                                                               seed=config.seed)])
         if config.training:
             reranker.model.float()  # fp32 master weights; autocast gives bf16 compute on CUDA
             reranker.dtype = torch.float32
-            for packed in (False, True):
-                records += _logged(log, [measure_training(reranker, workload, packed=packed,
-                                                          groups_per_step=config.train_groups,
-                                                          group_size=config.group_size, steps=config.train_steps)])
+            if "msmarco" in config.lengths:
+                for packed in (False, True):
+                    records += _logged(log, [measure_training(reranker, workload, packed=packed,
+                                                              groups_per_step=config.train_groups,
+                                                              group_size=config.group_size,
+                                                              steps=config.train_steps)])
+            for length in fixed:
+                if length > reranker.max_length:
+                    log(f"  length {length} > max length {reranker.max_length}: skipped (raise --max-length)")
+                    continue
+                records += _logged(log, [measure_fixed_length_training(
+                    reranker, length, max_pairs=config.train_groups * config.group_size,
+                    max_tokens=config.train_tokens, group_size=config.group_size,
+                    steps=config.train_steps, warmup=1, seed=config.seed)])
         del reranker
         _free_memory(device)
-        if output is not None:
+        if output is not None:  # after each model: a later failure (or time limit) keeps what was measured
             write_jsonl(records, machine, output / "bench.jsonl")
     if output is not None:
-        write_jsonl(records, machine, output / "bench.jsonl")
-        plot_throughput(records, output / "throughput.png",
-                        title=f"{machine.get('gpu') or machine['cpu']}, {records[0].dtype if records else ''}")
+        write_plots(records, machine, output)
     return records, machine
+
+
+def write_plots(records: Sequence[Measurement], machine: dict[str, Any], output: Path) -> None:
+    """throughput.png, efficiency_throughput.png and efficiency_memory.png (the last two with fixed lengths)."""
+    where = machine.get("gpu") or machine["cpu"]
+    plot_throughput(records, output / "throughput.png", title=f"{where}, {records[0].dtype if records else ''}")
+    plot_efficiency(records, output / "efficiency_throughput.png", output / "efficiency_memory.png", title=where)
 
 
 def _crossencoder_records(reranker: Any, workload: Workload, config: BenchConfig) -> list[Measurement]:
@@ -1106,14 +1170,19 @@ def _logged(log: Callable[[str], None], records: list[Measurement]) -> list[Meas
         else:
             error = "" if r.max_rel_error is None else f", rel.err {r.max_rel_error:.1e}"
             log(f"  {r.benchmark:<12} {r.method:<16} {r.lengths:<17} {r.pairs_per_s:>10,.1f} pairs/s "
-                f"{r.tokens_per_s:>12,.0f} tok/s  peak {r.peak_memory_mb:,.0f} MB{error}")
+                f"{r.tokens_per_s:>12,.0f} tok/s  peak {r.peak_memory_mb:,.0f} MB{error}  [{r.attention}]"
+                f"{' batch ' + str(r.batch_size) if r.batch_size else ''}"
+                f"{' row ' + str(r.token_budget) if r.token_budget else ''}"
+                f"{' +ckpt' if r.grad_checkpointing else ''}")
     sys.stdout.flush()
     return records
 
 
 __all__ = ["Measurement", "Workload", "BenchConfig", "run_bench", "measure_inference", "measure_predict",
-           "measure_fixed_length", "measure_crossencoder", "measure_training", "crossencoder_from_reranker",
-           "build_bench_reranker", "bench_spec", "synthetic_tokenizer", "msmarco_workload", "fixed_workload",
-           "lognormal_lengths", "register_varlen_attention", "varlen_scores", "VarlenAttention", "score_groups",
-           "inference_groups", "packing_mode", "machine_info", "format_table", "write_jsonl", "read_jsonl",
-           "plot_throughput", "time_call", "SAME_SIZE_LLAMA"]
+           "measure_fixed_length", "measure_fixed_length_training", "measure_crossencoder", "measure_training",
+           "crossencoder_from_reranker", "build_bench_reranker", "bench_spec", "synthetic_tokenizer",
+           "msmarco_workload", "fixed_workload", "lognormal_lengths", "score_groups", "inference_groups",
+           "packing_mode", "attention_label", "max_tokens_per_call", "widest_activation", "machine_info",
+           "format_table", "write_jsonl", "read_jsonl", "plot_throughput", "plot_efficiency", "efficiency_table",
+           "measurement_from_json", "write_plots", "time_call",
+           "SAME_SIZE_LLAMA"]

@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--lora-rank", type=int, default=16)
     model.add_argument("--lora-alpha", type=int, default=32)
     model.add_argument("--lora-dropout", type=float, default=0.05)
-    model.add_argument("--pack", action="store_true", help="Mamba-2 on CUDA: pack each micro-batch into one row "
-                       "(seq_idx), no padding")
+    model.add_argument("--pack", action="store_true", help="pack each micro-batch into one row, no padding: Mamba-2 "
+                       "on CUDA (seq_idx), transformers on CUDA in bf16/fp16 (varlen attention)")
     model.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
     model.add_argument("--device", help="default: cuda:LOCAL_RANK when available, else cpu")
     model.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],

@@ -11,9 +11,9 @@ import torch
 
 from pyserini_ssm import bench
 from pyserini_ssm.benchmarking import (
-    SAME_SIZE_LLAMA, BenchConfig, VarlenAttention, bench_spec, build_bench_reranker, count_parameters,
-    inference_groups, lognormal_lengths, measure_inference, measure_training, msmarco_workload, read_jsonl,
-    score_groups, synthetic_tokenizer, validate,
+    SAME_SIZE_LLAMA, BenchConfig, bench_spec, build_bench_reranker, count_parameters, efficiency_table,
+    inference_groups, lognormal_lengths, max_tokens_per_call, measure_inference, measure_training,
+    measurement_from_json, msmarco_workload, read_jsonl, score_groups, synthetic_tokenizer, validate, widest_activation,
 )
 from pyserini_ssm.errors import UserError
 
@@ -43,7 +43,8 @@ def test_bench_end_to_end_writes_json_lines_and_png(tmp_path, capsys):
     for model in (SAME_SIZE_LLAMA, "minilm-l6"):
         for benchmark, method in (("inference", "padded-random"), ("inference", "sorted"), ("inference", "packed"),
                                   ("inference", "predict"), ("fixed-length", "padded"),
-                                  ("training", "train-padded"), ("training", "train-packed")):
+                                  ("training", "train-padded"), ("training", "train-packed"),
+                                  ("fixed-length-training", "train-padded")):
             assert (model, benchmark, method) in seen
     assert ("minilm-l6", "crossencoder", "crossencoder") in seen
     for record in records:
@@ -58,7 +59,15 @@ def test_bench_end_to_end_writes_json_lines_and_png(tmp_path, capsys):
     padded = next(r for r in inference if r["method"] == "padded-random")
     packed = next(r for r in inference if r["method"] == "packed")
     assert packed["padded_tokens"] == packed["tokens"] < padded["padded_tokens"]
-    assert (output / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("throughput.png", "efficiency_throughput.png", "efficiency_memory.png"):
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every record of a transformer names the attention kernel that ran: SDPA padded, the reference loop packed.
+    attention = {(r["benchmark"], r["method"]): r["attention"] for r in records if r["model"] == SAME_SIZE_LLAMA}
+    assert attention[("inference", "sorted")] == "sdpa"
+    assert attention[("inference", "packed")] == attention[("training", "train-packed")] == "sdpa-per-sequence"
+    table = efficiency_table([measurement_from_json(record) for record in records]).splitlines()
+    assert table[0].startswith("| length | llama-780m inference | llama-780m training | minilm-l6 inference")
+    assert table[2].startswith("| 64 | ") and "padded" in table[2] and "GiB" in table[2]
     table = capsys.readouterr().out
     assert "padded-random" in table and "crossencoder" in table
 
@@ -81,16 +90,16 @@ def test_sorted_and_packed_scores_equal_the_padded_baseline(name, tokenizer):
     family = reranker.spec.family
     if family == "mamba1":
         return  # no variable-length kernel
-    mode = "seq_idx" if family == "mamba2" else "varlen"
     groups = inference_groups("packed", lengths, 7, token_budget=300)
     assert len(groups) > 1 and max(len(group) for group in groups) > 1
-    if mode == "varlen":
-        with VarlenAttention(reranker.model.backbone):
-            packed = score_groups(reranker, workload.encoded, groups, mode)
-        assert reranker.model.backbone.config._attn_implementation != "pyserini_ssm_varlen"  # restored
-    else:
-        packed = score_groups(reranker, workload.encoded, groups, mode)
+    packed = score_groups(reranker, workload.encoded, groups, "packed")
     np.testing.assert_allclose(packed, baseline, rtol=0, atol=TOLERANCE)
+    if family != "mamba2":
+        # predict packs transformers on CUDA; on the CPU (reference kernel) only when asked to, as here.
+        reranker.pack = True
+        predicted_packed = reranker.predict(workload.texts, batch_size=5, max_tokens=300)
+        np.testing.assert_allclose(predicted_packed, baseline, rtol=0, atol=TOLERANCE)
+        assert reranker.model.backbone.config._attn_implementation == "pyserini_ssm_varlen"
 
 
 def test_measure_inference_compares_every_method_with_the_baseline(tokenizer):
@@ -104,7 +113,7 @@ def test_measure_inference_compares_every_method_with_the_baseline(tokenizer):
     assert records[2].padded_tokens == workload.tokens
 
 
-@pytest.mark.parametrize("name", [SAME_SIZE_LLAMA, "minilm-l6"])
+@pytest.mark.parametrize("name", [SAME_SIZE_LLAMA, "minilm-l6", "opt-350m", "roberta-base"])
 def test_packed_training_step_has_the_padded_loss(name, tokenizer):
     losses = {}
     for packed in (False, True):
@@ -127,6 +136,20 @@ def test_same_size_llama_is_the_size_of_mamba2_780m():
     llama = count_parameters(backbone)
     assert spec.family == "decoder" and spec.architecture["model_type"] == "llama"
     assert abs(llama - 780.2e6) / 780.2e6 < 0.01, llama
+
+
+def test_int32_cap_uses_mamba2_780m_widest_activation():
+    """Issue 17: mamba-ssm's Triton kernels index with int32, so tokens per call x d_in_proj must stay < 2^31."""
+    import types
+
+    from pyserini_ssm.init import build_random_backbone
+
+    spec = bench_spec("mamba2-780m")
+    with torch.device("meta"):
+        backbone = build_random_backbone(spec, dict(spec.architecture), device="meta")
+    model = types.SimpleNamespace(backbone=backbone, hidden_size=1536)
+    assert widest_activation(model) == 6448
+    assert max_tokens_per_call(model) == (2**31 - 1) // 6448 == 333_046
 
 
 def test_lognormal_lengths_have_the_msmarco_mean():

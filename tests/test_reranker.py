@@ -180,6 +180,22 @@ def test_packed_rows_in_predict_equal_padded_batches(tiny_reranker):
     np.testing.assert_allclose(packed, padded, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_packed_transformer_rows_in_predict_equal_padded_batches(family, tiny_reranker):
+    """`predict` packs transformers on CUDA through varlen attention; on the CPU the same path runs the
+    per-sequence reference when asked to, and must give the padded scores."""
+    reranker = load(tiny_reranker(family), device="cpu", dtype="fp32")
+    assert not reranker.pack  # CPU: padded by default
+    pairs = [(f"query {index % 2}", DOCUMENTS[index % len(DOCUMENTS)]) for index in range(9)]
+    padded = reranker.predict(pairs, batch_size=3)
+    reranker.pack = True
+    try:
+        packed = reranker.predict(pairs, batch_size=3, max_tokens=120)
+    finally:
+        reranker.pack = False
+    np.testing.assert_allclose(packed, padded, rtol=0, atol=1e-5)
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_every_score(tiny_reranker):
     reranker = load(tiny_reranker("encoder"))
     pairs = [("q", DOCUMENTS[index % len(DOCUMENTS)]) for index in range(12)]
@@ -233,3 +249,13 @@ def test_cpu_device_on_a_gpu_machine_uses_the_torch_backend(tiny_reranker):
     assert reranker.model.backbone.backend == "torch"
     on_gpu = load(tiny_reranker("mamba2"), device="cuda", dtype="fp32", backend="torch")
     np.testing.assert_allclose(reranker.predict(GPU_PAIRS), on_gpu.predict(GPU_PAIRS), rtol=1e-4, atol=1e-5)
+
+
+def test_tokenization_chunks_start_small_then_cover_every_pair():
+    from pyserini_ssm.models.reranker import FIRST_CHUNK, TOKENIZE_CHUNK, chunk_bounds
+
+    bounds = chunk_bounds(5000)
+    assert bounds[0] == (0, FIRST_CHUNK) and bounds[1] == (FIRST_CHUNK, FIRST_CHUNK + TOKENIZE_CHUNK)
+    assert [end for _, end in bounds][-1] == 5000
+    assert all(previous[1] == current[0] for previous, current in zip(bounds, bounds[1:]))
+    assert chunk_bounds(0) == [] and chunk_bounds(100) == [(0, 100)]

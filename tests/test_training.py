@@ -285,6 +285,17 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny_bert):
     assert after.item() < before.item() - 1e-3
 
 
+def test_packed_training_steps_have_the_padded_losses(tiny_bert, tmp_path):
+    """`--pack` on a transformer: each micro-batch one packed row through varlen attention (on the CPU its
+    per-sequence reference), the same losses as padded batches."""
+    from pyserini_ssm.training.loop import train
+
+    examples = toy_examples()
+    runs = {pack: train(small_config(tiny_bert, tmp_path / f"pack-{pack}", max_steps=2, pack=pack,
+                                     disable_dropout=True), examples) for pack in (False, True)}
+    assert runs[True].losses == pytest.approx(runs[False].losses, abs=1e-5)
+
+
 def test_resume_equals_an_unbroken_run(tiny_bert, tmp_path):
     from pyserini_ssm.training.loop import train
 

@@ -5,8 +5,10 @@
     hits = reranker.rerank("what is a cat", pyserini_hits, depth=100)
 
 Inside `predict`: pairs are tokenized in chunks on a background thread (each query once, documents in one batched
-call) while the previous chunk is scored; each chunk is cut into length-sorted batches (or, for Mamba-2 on the
-mamba-ssm kernels, packed rows without padding); scores go back to input order. A CUDA out-of-memory error halves the
+call) while the previous chunk is scored; each chunk is cut into packed rows without padding where the model
+packs on this device (Mamba-2 on the mamba-ssm kernels; decoder and encoder transformers on CUDA in bf16/fp16,
+through varlen attention: `models.scoring.packing_support`), else into length-sorted padded batches; scores go back
+to input order. A CUDA out-of-memory error halves the
 batch and carries on.
 """
 
@@ -27,7 +29,7 @@ from pyserini_ssm.models.checkpoints import (
     LoadedCheckpoint, load_checkpoint, pad_token_id, write_reranker_dir,
 )
 from pyserini_ssm.models.registry import ModelSpec
-from pyserini_ssm.models.scoring import MAMBA_FAMILIES, ScoringModel, output_hidden_size
+from pyserini_ssm.models.scoring import MAMBA_FAMILIES, ScoringModel, output_hidden_size, packing_support
 from pyserini_ssm.models.templates import PairEncoder, get_template
 from pyserini_ssm.ops.batching import length_sorted_batches, pack_batch, pack_sequences, pad_batch, scatter_scores
 from pyserini_ssm.runs import Hit, ranking_key
@@ -40,7 +42,20 @@ UNTRAINED_WARNING = ("{name}: the checkpoint has no trained score head; its scor
                      "Fine-tune it with `python -m pyserini_ssm.train` or load a fine-tuned reranker")
 # Pairs tokenized per chunk: large enough for length sorting to pay off, small enough to overlap with scoring.
 TOKENIZE_CHUNK = 2048
-# Packed Mamba-2 rows hold at least this many tokens: on an H100 a 780M model scores 16k-token rows 30 % slower than
+# The first chunk is small: the device waits for its tokenization (nothing to overlap it with yet). On an H200,
+# llama-780m predict with 2,048-pair chunks ran at 94 % of the packed model-only rate (docs/BENCHMARKS.md).
+FIRST_CHUNK = 256
+
+
+def chunk_bounds(total: int, first: int = FIRST_CHUNK, size: int = TOKENIZE_CHUNK) -> list[tuple[int, int]]:
+    """(start, end) of the tokenization chunks of `total` pairs: `first` pairs, then `size` at a time."""
+    bounds, start = [], 0
+    while start < total:
+        end = min(total, start + (first if start == 0 else size))
+        bounds.append((start, end))
+        start = end
+    return bounds
+# Packed rows hold at least this many tokens: on an H100 a 780M model scores 16k-token rows 30 % slower than
 # 32k-token ones and gains nothing from longer rows (docs/BENCHMARKS.md), and a packed row's memory is small.
 PACKED_ROW_TOKENS = 32768
 
@@ -144,9 +159,10 @@ class Reranker:
                                    use_token_types=use_token_types)
         self.pad_id = pad_token_id(tokenizer)
         self.fp8: Any = None  # models.fp8.Fp8Conversion when the Linear layers run in FP8 (--dtype fp8)
-        backbone = model.backbone
-        # Packing needs mamba-ssm's seq_idx support: Mamba-2 on the kernel backend.
-        self.pack = bool(getattr(backbone, "supports_packing", False)) and getattr(backbone, "backend", "") == "cuda"
+        # Pack on the GPU where the model can (Mamba-2's seq_idx, transformers' varlen attention); on the CPU the
+        # varlen path is the per-sequence reference, slower than padded batches.
+        mode, _ = packing_support(model, device, dtype)
+        self.pack = mode is not None and device.type == "cuda"
         self._warned_untrained = False
 
     # -----------------------------------------------------------------------------------------------------------
@@ -269,7 +285,7 @@ class Reranker:
         """Scores (float32, input order) of (query, document) pairs.
 
         `batch_size` bounds the pairs per padded batch (`max_tokens`, when given, also the padded tokens); for
-        packed Mamba-2 rows the token budget is `max_tokens`, else `batch_size * max_length` but at least
+        packed rows the token budget is `max_tokens`, else `batch_size * max_length` but at least
         `PACKED_ROW_TOKENS`.
         """
         if batch_size < 1:
@@ -283,7 +299,7 @@ class Reranker:
 
             progress = tqdm(total=total, unit="pair", desc=f"reranking ({self.spec.name})", dynamic_ncols=True)
         scores = np.empty(total, dtype=np.float32)
-        chunks = (pairs[start:start + TOKENIZE_CHUNK] for start in range(0, total, TOKENIZE_CHUNK))
+        chunks = (pairs[start:end] for start, end in chunk_bounds(total))
         try:
             position = 0
             for chunk_scores in self.predict_stream(chunks, batch_size, max_tokens=max_tokens, progress=progress):

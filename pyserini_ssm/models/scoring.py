@@ -3,7 +3,11 @@
 Backbones: Mamba-1/Mamba-2 through `models.mamba.build_mamba_backbone` (mamba-ssm kernels on CUDA, transformers'
 torch implementation elsewhere); decoder and encoder transformers through `AutoModel` (SDPA attention by default).
 Pooling `last` reads the hidden state of the last real token (right padding, `last_index` from the batch); `cls`
-reads position 0.
+reads position 0 (of each sequence, in a packed row).
+
+A batch is padded (`ops.batching.pad_batch`) or one packed row (`ops.batching.pack_batch`, it has `seq_idx`):
+Mamba-2 packs through `seq_idx`, transformers through varlen attention (`models.attention`), one code path for
+`predict`, `train` and the bench. `packing_support` says whether and why not a model packs on a device.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import nn
 
 from pyserini_ssm.errors import UserError
+from pyserini_ssm.models import attention
 
 MAMBA_FAMILIES = ("mamba1", "mamba2")
 
@@ -68,36 +73,66 @@ class ScoringModel(nn.Module):
         self.backbone_config = backbone_config
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, 1)
+        # Transformers that route attention through transformers' AttentionInterface take packed rows (varlen
+        # attention); padded batches still run SDPA.
+        self.varlen = family not in MAMBA_FAMILIES and attention.install_varlen_attention(backbone)
 
     @property
     def hidden_size(self) -> int:
         return self.head.in_features
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled hidden states (B, D) of a padded batch, or of a packed row (N sequences) when it has `seq_idx`."""
+        """Pooled hidden states (B, D) of a padded batch, or (N, D) of a packed row of N sequences (it has
+        `seq_idx`)."""
         input_ids = batch["input_ids"]  # (B, L) or packed (1, T)
         packed = "seq_idx" in batch
         if self.family in MAMBA_FAMILIES:
             # Right padding: a causal scan never lets padding reach the real tokens, so no mask is needed.
             hidden = self.backbone(input_ids, seq_idx=batch["seq_idx"] if packed else None)  # (B, L, D)
+        elif packed:
+            if not self.varlen:
+                _, why = attention.supports_varlen(self.backbone)
+                raise UserError(f"packed rows need varlen attention: {why}; use padded batches")
+            hidden = attention.packed_hidden_states(self.backbone, batch, decoder=self.family == "decoder")
         else:
-            if packed:
-                raise UserError("packed batches are only supported for Mamba-2 backbones; use padded batches")
             kwargs = {"input_ids": input_ids, "attention_mask": batch.get("attention_mask")}
             if "token_type_ids" in batch:
                 kwargs["token_type_ids"] = batch["token_type_ids"]
             if self.family == "decoder":
                 kwargs["use_cache"] = False  # scoring needs no key/value cache
             hidden = self.backbone(**kwargs).last_hidden_state  # (B, L, D)
+        if packed:
+            index = batch["cu_seqlens"][:-1].long() if self.pooling == "cls" else batch["last_index"]
+            return hidden[0, index.to(hidden.device)]  # (N, D)
         if self.pooling == "cls":
             return hidden[:, 0]  # (B, D)
-        last_index = batch["last_index"]
-        if packed:
-            return hidden[0, last_index]  # (N, D)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, last_index]  # (B, D)
+        return hidden[rows, batch["last_index"]]  # (B, D)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled = self.encode(batch)  # (B, D)
         logits = self.head(self.dropout(pooled.to(self.head.weight.dtype)))  # (B, 1)
         return logits.squeeze(-1).float()  # (B,)
+
+
+def packing_support(model: ScoringModel, device: Any, compute_dtype: torch.dtype | None = None
+                    ) -> tuple[str | None, str]:
+    """How `model` packs rows on `device`: "seq_idx" (Mamba-2 on the mamba-ssm kernels), "varlen" (transformers),
+    or None, and a note (why not; or that CPU packing is the per-sequence reference). `compute_dtype`: the dtype
+    attention runs in (the autocast dtype when training under autocast); CUDA varlen kernels need bf16/fp16."""
+    device = torch.device(device)
+    if model.family == "mamba1":
+        return None, "Mamba-1 has no variable-length kernel: sorted padded batches are its best path"
+    if model.family == "mamba2":
+        if getattr(model.backbone, "backend", "") == "cuda":
+            return "seq_idx", ""
+        return None, "Mamba-2 packing needs the mamba-ssm kernels on CUDA (the torch backend only has a reference)"
+    if not model.varlen:
+        return None, attention.supports_varlen(model.backbone)[1]
+    if device.type != "cuda":
+        return "varlen", "CPU: per-sequence SDPA (the reference path, not a fast kernel)"
+    if attention.fast_varlen_kernel() is None:
+        return None, "no varlen kernel: this PyTorch has no torch.nn.attention.varlen (needs >= 2.9), no flash-attn"
+    if compute_dtype is not None and compute_dtype not in attention.FAST_DTYPES:
+        return None, f"varlen kernels run in bf16/fp16, not {compute_dtype}: padded SDPA batches"
+    return "varlen", ""

@@ -99,11 +99,13 @@ def pack_sequences(lengths: Sequence[int], token_budget: int) -> list[list[int]]
 
 
 def pack_batch(encoded: Sequence[Any], token_budget: int | None = None, device: Any = None) -> dict[str, Any]:
-    """Concatenate sequences into one row without padding, for Mamba-2's `seq_idx` (and varlen attention).
+    """Concatenate sequences into one row without padding, for Mamba-2's `seq_idx` and varlen attention.
 
     Returns `input_ids` (1, T) long, `seq_idx` (1, T) int32 (which sequence each token belongs to), `cu_seqlens`
-    (N+1,) int32 (sequence starts, then T), `position_ids` (1, T) long (restarting at 0 per sequence) and
-    `last_index` (N,) long: the position in the row of each sequence's last token.
+    (N+1,) int32 (sequence starts, then T), `position_ids` (1, T) long (restarting at 0 per sequence),
+    `last_index` (N,) long (the position in the row of each sequence's last token), `token_type_ids` (1, T) long
+    when the pairs have segment ids, and `max_length` (a Python int, the longest sequence: kernels need it on the
+    host, and reading it from a device tensor would synchronise).
     """
     import torch
 
@@ -120,15 +122,19 @@ def pack_batch(encoded: Sequence[Any], token_budget: int | None = None, device: 
     input_ids = np.fromiter((token for item in encoded for token in item.input_ids), dtype=np.int64, count=total)
     seq_idx = np.repeat(np.arange(len(encoded), dtype=np.int32), lengths)  # (T,)
     position_ids = np.arange(total, dtype=np.int64) - np.repeat(cu_seqlens[:-1], lengths)  # (T,)
-    batch = {
+    batch: dict[str, Any] = {
         "input_ids": torch.from_numpy(input_ids).unsqueeze(0),
         "seq_idx": torch.from_numpy(seq_idx).unsqueeze(0),
         "cu_seqlens": torch.from_numpy(cu_seqlens.astype(np.int32)),
         "position_ids": torch.from_numpy(position_ids).unsqueeze(0),
         "last_index": torch.from_numpy(cu_seqlens[1:] - 1),
     }
+    if getattr(encoded[0], "token_type_ids", None) is not None:
+        types = np.fromiter((t for item in encoded for t in item.token_type_ids), dtype=np.int64, count=total)
+        batch["token_type_ids"] = torch.from_numpy(types).unsqueeze(0)
     if device is not None:
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    batch["max_length"] = int(lengths.max())
     return batch
 
 

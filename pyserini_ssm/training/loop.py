@@ -74,7 +74,7 @@ class TrainConfig:
     device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
     disable_dropout: bool = False  # set every dropout probability to 0 (deterministic comparisons)
     progress: bool = True  # tqdm bar on rank 0
-    pack: bool = False  # Mamba-2 on CUDA: each micro-batch as one packed row (seq_idx), no padding
+    pack: bool = False  # each micro-batch as one packed row, no padding (Mamba-2 seq_idx; transformers varlen)
 
     def validate(self) -> None:
         if self.group_size < 1 or (self.loss == "lce" and self.group_size < 2):
@@ -284,6 +284,25 @@ def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
 # Inputs
 
 
+def check_packing(reranker, device, dtype: str) -> str:
+    """The packing mode of `--pack` ("seq_idx" or "varlen"), or a UserError saying why this model cannot pack
+    here. Transformers pack through varlen attention: on CUDA in bf16/fp16 autocast, on CPU through the
+    per-sequence reference (slow; it exists for tests)."""
+    import torch
+
+    from pyserini_ssm.models.scoring import packing_support
+
+    device = torch.device(device)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
+        resolve_dtype(dtype, device))
+    mode, why = packing_support(reranker.model, device, compute)
+    if mode is None:
+        raise UserError(f"--pack: {reranker.spec.name} cannot pack on {device}: {why}")
+    if why:
+        logger.warning("--pack: %s", why)
+    return mode
+
+
 class PairBatcher:
     """Groups -> padded model inputs, with optional per-field token limits (cut on token boundaries)."""
 
@@ -294,8 +313,8 @@ class PairBatcher:
         self.max_doc_length = config.max_doc_length
         self.device = device
         self.pack = config.pack
-        if self.pack and (reranker.spec.family != "mamba2" or getattr(device, "type", "cpu") != "cuda"):
-            raise UserError("--pack needs a Mamba-2 model on a CUDA device (mamba-ssm kernels with seq_idx)")
+        if self.pack:
+            check_packing(reranker, device, config.dtype)
         self.pad_id = int(reranker.pad_id)
         self._query_cut: dict[str, str] = {}
 
