@@ -820,7 +820,10 @@ def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_
     cuda = reranker.device.type == "cuda"
     record.dtype = "bf16-autocast" if cuda else "fp32"
     loss_function = _loss_function()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    from pyserini_ssm.training.loop import fused_adamw_applies
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, fused=fused_adamw_applies(trainable))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     attention = VarlenAttention(model.backbone) if mode == "varlen" else contextlib.nullcontext()
     model.train(dropout)
