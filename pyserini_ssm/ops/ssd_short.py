@@ -32,6 +32,7 @@ import torch.nn.functional as F
 DEFAULT_BLOCK_T = 256  # tile: the longest sequence this kernel takes (longer ones: mamba_ssm's chunked scan)
 BLOCK_M = int(os.environ.get("PYSERINI_SSM_SSD_BLOCK_M", "64"))  # rows (and columns) per sub-block of a tile
 NUM_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_WARPS", "4"))
+ROWS_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_WARPS", "8"))  # the dB/dC kernel holds more state
 SOFTPLUS_THRESHOLD = 20.0  # as torch's softplus and mamba_ssm's _chunk_cumsum kernels
 
 
@@ -416,7 +417,8 @@ class ShortSSDFn(torch.autograd.Function):
                 x, B, C, dt, cs, dy, rowsum, dB, dC, plan.seq_start, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                 dy.stride(0), dy.stride(1), dB.stride(0), dB.stride(1), heads, heads // groups,
-                HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=plan.block_t // BLOCK_M, DOT_PRECISION=precision, num_warps=NUM_WARPS,
+                HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=plan.block_t // BLOCK_M, DOT_PRECISION=precision,
+                num_warps=ROWS_WARPS,
             )
         # d cs_t = sum_s dlogL[t, s] - sum_t' dlogL[t', t]; a_r enters every cs_t of its sequence with t >= r.
         dcs = (rowsum - colsum).double()  # (T, H)
