@@ -67,9 +67,9 @@ def mamba2_mixer_forward(
     C = C.view(tokens, groups, state)
     A = -torch.exp(mixer.A_log.float())  # (H,)
     dt_limit = tuple(float(v) for v in mixer.dt_limit)
-    y = ssd_short(x, dt_raw[0], A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit)  # (T, H, P)
-    if plan.long_index is not None:
-        y = y.index_copy(0, plan.long_index, _long_ssd(mixer, x, dt_raw[0], A, B, C, plan, dt_limit))
+    y = ssd_short(x, dt_raw[0], A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, fill_long=False)  # (T, H, P)
+    if plan.long_index is not None:  # in place: no copy of the whole row (y is not saved by ShortSSDFn)
+        y.index_copy_(0, plan.long_index, _long_ssd(mixer, x, dt_raw[0], A, B, C, plan, dt_limit))
     y = y.view(1, tokens, d_ssm)
     if output_positions is not None:
         y, z = y[:, output_positions], z[:, output_positions]  # (1, K, d_ssm)

@@ -155,13 +155,50 @@ def _kernels():
         tl.store(cs_ptr + rows * heads + h, cs, mask=ok)
 
     @triton.jit
-    def fwd_kernel(x_ptr, B_ptr, C_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
-                   s_x_t, s_x_h, s_b_t, s_b_g, s_c_t, s_c_g, s_y_t, s_y_h, heads, heads_per_group,
-                   P: tl.constexpr, N: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, HAS_D: tl.constexpr,
+    def cb_kernel(B_ptr, C_ptr, cb_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
+                  s_b_t, s_b_g, s_c_t, s_c_g, groups,
+                  N: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+        # One program per (block pair i >= j, group, tile): C_i B_j^T masked to s <= t in the same sequence, stored
+        # once and read by every head of the group (ngroups = 1: by all heads).
+        pair = tl.program_id(0)
+        g = tl.program_id(1)
+        tile = tl.program_id(2)
+        block = pair // NB
+        jb = pair % NB
+        ts = tl.load(tile_start_ptr + tile)
+        te = tl.load(tile_end_ptr + tile)
+        r0 = ts + block * BM
+        if (jb > block) | (r0 >= te):
+            return
+        offs_m = tl.arange(0, BM)
+        offs_n = tl.arange(0, N)
+        rows = r0 + offs_m
+        cols = ts + jb * BM + offs_m
+        row_ok = rows < te
+        col_ok = cols < te
+        if tl.load(seq_start_ptr + r0) < ts + (jb + 1) * BM:  # the rows' sequences reach this column block
+            C_i = tl.load(C_ptr + rows[:, None] * s_c_t + g * s_c_g + offs_n[None, :], mask=row_ok[:, None],
+                          other=0.0)
+            B_j = tl.load(B_ptr + cols[:, None] * s_b_t + g * s_b_g + offs_n[None, :], mask=col_ok[:, None],
+                          other=0.0)
+            ss_i = tl.load(seq_start_ptr + rows, mask=row_ok, other=-1)
+            ss_j = tl.load(seq_start_ptr + cols, mask=col_ok, other=-2)
+            keep = (ss_i[:, None] == ss_j[None, :]) & (cols[None, :] <= rows[:, None])
+            cb = tl.where(keep, tl.dot(C_i, tl.trans(B_j), input_precision=DOT_PRECISION), 0.0)
+            base = cb_ptr + (tile * groups + g) * BT * BT
+            tl.store(base + (block * BM + offs_m)[:, None] * BT + jb * BM + offs_m[None, :],
+                     cb.to(cb_ptr.dtype.element_ty))
+
+    @triton.jit
+    def fwd_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
+                   s_x_t, s_x_h, s_y_t, s_y_h, heads, heads_per_group, groups,
+                   P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, HAS_D: tl.constexpr,
                    DOT_PRECISION: tl.constexpr):
-        tile = tl.program_id(0)
+        # Heads vary fastest in the grid: the programs running together read the same tile's CB (L2 hits).
+        h = tl.program_id(0)
         block = tl.program_id(1)
-        h = tl.program_id(2)
+        tile = tl.program_id(2)
         ts = tl.load(tile_start_ptr + tile)
         te = tl.load(tile_end_ptr + tile)
         r0 = ts + block * BM
@@ -171,27 +208,20 @@ def _kernels():
         dtype = x_ptr.dtype.element_ty
         offs_m = tl.arange(0, BM)
         offs_p = tl.arange(0, P)
-        offs_n = tl.arange(0, N)
         rows = r0 + offs_m
         row_ok = rows < te
-        C_i = tl.load(C_ptr + rows[:, None] * s_c_t + g * s_c_g + offs_n[None, :], mask=row_ok[:, None], other=0.0)
         cs_i = tl.load(cs_ptr + rows * heads + h, mask=row_ok, other=0.0)
-        ss_i = tl.load(seq_start_ptr + rows, mask=row_ok, other=-1)
         j_lo = (tl.load(seq_start_ptr + r0) - ts) // BM  # the first column block the rows' sequences reach
+        cb_base = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
         acc = tl.zeros((BM, P), dtype=tl.float32)
         for jb in range(0, NB):  # static bound, runtime skip: Triton's interpreter cannot loop to loaded bounds
           if (jb >= j_lo) & (jb <= block):
             cols = ts + jb * BM + offs_m
             col_ok = cols < te
-            B_j = tl.load(B_ptr + cols[:, None] * s_b_t + g * s_b_g + offs_n[None, :], mask=col_ok[:, None],
-                          other=0.0)
-            cb = tl.dot(C_i, tl.trans(B_j), input_precision=DOT_PRECISION)  # (BM, BM) fp32
+            cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
             cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
             dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
-            ss_j = tl.load(seq_start_ptr + cols, mask=col_ok, other=-2)
-            keep = (ss_i[:, None] == ss_j[None, :]) & (cols[None, :] <= rows[:, None])
-            decay = tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
-            m = tl.where(keep, cb * decay, 0.0)
+            m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
             x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
                           other=0.0)
             xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
@@ -204,16 +234,15 @@ def _kernels():
                  mask=row_ok[:, None])
 
     @triton.jit
-    def bwd_columns_kernel(x_ptr, B_ptr, C_ptr, dt_ptr, cs_ptr, D_ptr, dy_ptr, dx_ptr, ddt_ptr, colsum_ptr, ddd_ptr,
-                           seq_start_ptr, seq_end_ptr, tile_start_ptr, tile_end_ptr,
-                           s_x_t, s_x_h, s_b_t, s_b_g, s_c_t, s_c_g, s_dy_t, s_dy_h, s_dx_t, s_dx_h,
-                           heads, heads_per_group,
-                           P: tl.constexpr, N: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, HAS_D: tl.constexpr,
-                           DOT_PRECISION: tl.constexpr):
-        # One program per (tile, column block j, head): dXdt_j = sum_i M_ij^T dY_i and colsum_j of dM o M.
-        tile = tl.program_id(0)
+    def bwd_columns_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, dy_ptr, dx_ptr, ddt_ptr, colsum_ptr, ddd_ptr,
+                           seq_end_ptr, tile_start_ptr, tile_end_ptr,
+                           s_x_t, s_x_h, s_dy_t, s_dy_h, s_dx_t, s_dx_h, heads, heads_per_group, groups,
+                           P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
+                           HAS_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        # One program per (head, column block j, tile): dXdt_j = sum_i M_ij^T dY_i and colsum_j of dM o M.
+        h = tl.program_id(0)
         block = tl.program_id(1)
-        h = tl.program_id(2)
+        tile = tl.program_id(2)
         ts = tl.load(tile_start_ptr + tile)
         te = tl.load(tile_end_ptr + tile)
         c0 = ts + block * BM
@@ -223,32 +252,27 @@ def _kernels():
         dtype = x_ptr.dtype.element_ty
         offs_m = tl.arange(0, BM)
         offs_p = tl.arange(0, P)
-        offs_n = tl.arange(0, N)
         cols = c0 + offs_m
         col_ok = cols < te
-        B_j = tl.load(B_ptr + cols[:, None] * s_b_t + g * s_b_g + offs_n[None, :], mask=col_ok[:, None], other=0.0)
         x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None], other=0.0)
         dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
         cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
-        ss_j = tl.load(seq_start_ptr + cols, mask=col_ok, other=-2)
         xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
         last = tl.minimum(c0 + BM, te) - 1
         i_hi = (tl.load(seq_end_ptr + last).to(tl.int32) - 1 - ts) // BM  # the last row block that sees these columns
+        cb_base = cb_ptr + (tile * groups + g) * BT * BT + block * BM + offs_m[None, :]
         dxdt = tl.zeros((BM, P), dtype=tl.float32)
         colsum = tl.zeros((BM,), dtype=tl.float32)
         for ib in range(0, NB):
           if (ib >= block) & (ib <= i_hi):
             rows = ts + ib * BM + offs_m
             row_ok = rows < te
-            C_i = tl.load(C_ptr + rows[:, None] * s_c_t + g * s_c_g + offs_n[None, :], mask=row_ok[:, None],
-                          other=0.0)
             cs_i = tl.load(cs_ptr + rows * heads + h, mask=row_ok, other=0.0)
-            ss_i = tl.load(seq_start_ptr + rows, mask=row_ok, other=-1)
             dy_i = tl.load(dy_ptr + rows[:, None] * s_dy_t + h * s_dy_h + offs_p[None, :], mask=row_ok[:, None],
                            other=0.0).to(dtype)
-            cb = tl.dot(C_i, tl.trans(B_j), input_precision=DOT_PRECISION)  # (BM rows, BM cols)
-            keep = (ss_i[:, None] == ss_j[None, :]) & (cols[None, :] <= rows[:, None])
-            m = tl.where(keep, cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
+            cb = tl.load(cb_base + (ib * BM + offs_m)[:, None] * BT).to(tl.float32)  # (BM rows, BM cols)
+            cb = tl.where(row_ok[:, None], cb, 0.0)  # rows past the tile were never written
+            m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
             dxdt += tl.dot(tl.trans(m.to(dtype)), dy_i, input_precision=DOT_PRECISION)
             dm = tl.dot(dy_i, tl.trans(xdt), input_precision=DOT_PRECISION)
             colsum += tl.sum(dm * m, axis=0)
@@ -265,11 +289,12 @@ def _kernels():
         tl.store(ddd_ptr + cols * heads + h, tl.sum(dy_j * xf, axis=1), mask=col_ok)
 
     @triton.jit
-    def bwd_rows_kernel(x_ptr, B_ptr, C_ptr, dt_ptr, cs_ptr, dy_ptr, rowsum_ptr, dB_ptr, dC_ptr,
+    def bwd_rows_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, dt_ptr, cs_ptr, dy_ptr, rowsum_ptr, dB_ptr, dC_ptr,
                         seq_start_ptr, tile_start_ptr, tile_end_ptr,
                         s_x_t, s_x_h, s_b_t, s_b_g, s_c_t, s_c_g, s_dy_t, s_dy_h, s_db_t, s_db_g,
-                        heads, heads_per_group,
-                        HPP: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                        heads, heads_per_group, groups,
+                        HPP: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr,
+                        BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
         # One program per (tile, row block i, heads of one group): S_ij = sum_h dM_h o L_h, dC_i = sum_j S_ij B_j,
         # dB_j += S_ij^T C_i (atomics: several row blocks reach one column block), rowsum_i of dM o M per head.
         tile = tl.program_id(0)
@@ -290,6 +315,7 @@ def _kernels():
         C_i = tl.load(C_ptr + rows[:, None] * s_c_t + g * s_c_g + offs_n[None, :], mask=row_ok[:, None], other=0.0)
         ss_i = tl.load(seq_start_ptr + rows, mask=row_ok, other=-1)
         j_lo = (tl.load(seq_start_ptr + r0) - ts) // BM
+        cb_base = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
         dC = tl.zeros((BM, N), dtype=tl.float32)
         for jb in range(0, NB):
           if (jb >= j_lo) & (jb <= block):
@@ -299,7 +325,7 @@ def _kernels():
                           other=0.0)
             ss_j = tl.load(seq_start_ptr + cols, mask=col_ok, other=-2)
             keep = (ss_i[:, None] == ss_j[None, :]) & (cols[None, :] <= rows[:, None])
-            cb = tl.dot(C_i, tl.trans(B_j), input_precision=DOT_PRECISION)
+            cb = tl.where(keep, tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32), 0.0)
             s = tl.zeros((BM, BM), dtype=tl.float32)
             for hh in range(HPP):
                 h = h0 + hh
@@ -322,7 +348,7 @@ def _kernels():
                           mask=col_ok[:, None])
         tl.atomic_add(dC_ptr + rows[:, None] * s_db_t + g * s_db_g + offs_n[None, :], dC, mask=row_ok[:, None])
 
-    return dt_cumsum_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel
+    return dt_cumsum_kernel, cb_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -357,20 +383,38 @@ def _dt_cumsum(dt_raw, dt_bias, A, plan: ShortSSDPlan, dt_limit) -> tuple[torch.
     return dt, cs
 
 
-def ssd_short_forward(x, dt, cs, B, C, D, plan: ShortSSDPlan) -> torch.Tensor:
-    """Y (T, H, P) for the tiled tokens (zeros at long-sequence tokens). x (T, H, P), B/C (T, G, N), dt/cs (T, H)
-    fp32 from `_dt_cumsum`, D (H,) or None."""
-    fwd_kernel = _kernels()[1]
-    tokens, heads, head_dim = x.shape
+def _masked_cb(B, C, plan: ShortSSDPlan, dtype: torch.dtype) -> torch.Tensor:
+    """(K, G, BT, BT) C_i B_j^T of every tile and group, zero outside s <= t in one sequence (blocks a tile's rows
+    never read are left unwritten). Stored in the inputs' dtype (fp32 inputs: fp32)."""
+    cb_kernel = _kernels()[1]
     groups, state = B.shape[1], B.shape[2]
-    y = (torch.zeros if plan.long_tokens else torch.empty)(tokens, heads, head_dim, device=x.device, dtype=x.dtype)
+    blocks = plan.block_t // BLOCK_M
+    cb = torch.empty(plan.tiles, groups, plan.block_t, plan.block_t, device=B.device, dtype=dtype)
     if plan.tiles:
-        fwd_kernel[(plan.tiles, plan.block_t // BLOCK_M, heads)](
-            x, B, C, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
-            x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
-            heads, heads // groups,
-            P=head_dim, N=state, BM=BLOCK_M, NB=plan.block_t // BLOCK_M, HAS_D=D is not None, DOT_PRECISION=_dot_precision(x.dtype),
-            num_warps=NUM_WARPS,
+        cb_kernel[(blocks * blocks, groups, plan.tiles)](
+            B, C, cb, plan.seq_start, plan.tile_start, plan.tile_end,
+            B.stride(0), B.stride(1), C.stride(0), C.stride(1), groups,
+            N=state, BM=BLOCK_M, NB=blocks, BT=plan.block_t, DOT_PRECISION=_dot_precision(dtype), num_warps=4,
+        )
+    return cb
+
+
+def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = True) -> torch.Tensor:
+    """Y (T, H, P) for the tiled tokens (zeros at long-sequence tokens when `fill_long`, else left unwritten).
+    x (T, H, P), dt/cs (T, H) fp32 from `_dt_cumsum`, cb from `_masked_cb`, D (H,) or None."""
+    fwd_kernel = _kernels()[2]
+    tokens, heads, head_dim = x.shape
+    groups = cb.shape[1]
+    y = torch.empty(tokens, heads, head_dim, device=x.device, dtype=x.dtype)
+    if fill_long and plan.long_index is not None:
+        y[plan.long_index] = 0
+    if plan.tiles:
+        blocks = plan.block_t // BLOCK_M
+        fwd_kernel[(heads, blocks, plan.tiles)](
+            x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
+            x.stride(0), x.stride(1), y.stride(0), y.stride(1), heads, heads // groups, groups,
+            P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None,
+            DOT_PRECISION=_dot_precision(x.dtype), num_warps=NUM_WARPS,
         )
     return y
 
@@ -379,11 +423,11 @@ class ShortSSDFn(torch.autograd.Function):
     """y = SSD(x, dt_raw, A, B, C, D, dt_bias) over the tiles of `plan` (long-sequence tokens: y = 0, no gradient)."""
 
     @staticmethod
-    def forward(ctx, x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan, dt_limit):
+    def forward(ctx, x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan, dt_limit, fill_long=True):
         _check(x, B)
         A = A.float().contiguous()
         dt, cs = _dt_cumsum(dt_raw, dt_bias, A, plan, dt_limit)
-        y = ssd_short_forward(x, dt, cs, B, C, D, plan)
+        y = ssd_short_forward(x, dt, cs, _masked_cb(B, C, plan, x.dtype), D, plan, fill_long)
         ctx.save_for_backward(x, dt_raw, A, B, C, D, dt_bias, dt, cs)
         ctx.plan = plan
         ctx.dt_limit = dt_limit
@@ -393,32 +437,36 @@ class ShortSSDFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, dt_raw, A, B, C, D, dt_bias, dt, cs = ctx.saved_tensors
         plan: ShortSSDPlan = ctx.plan
-        _, bwd_columns_kernel, bwd_rows_kernel = _kernels()[1:]
+        bwd_columns_kernel, bwd_rows_kernel = _kernels()[3:]
         tokens, heads, head_dim = x.shape
         groups, state = B.shape[1], B.shape[2]
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         precision = _dot_precision(x.dtype)
-        dx = (torch.zeros if plan.long_tokens else torch.empty)(x.shape, device=x.device, dtype=x.dtype)
+        dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        if plan.long_index is not None:
+            dx[plan.long_index] = 0  # the chunked kernel's gradient is added there by autograd
         ddt_x, colsum, rowsum, ddd = (torch.zeros(tokens, heads, device=x.device, dtype=torch.float32)
                                       for _ in range(4))
         dB = torch.zeros(tokens, groups, state, device=x.device, dtype=torch.float32)
         dC = torch.zeros_like(dB)
         if plan.tiles:
             blocks = plan.block_t // BLOCK_M
-            bwd_columns_kernel[(plan.tiles, blocks, heads)](
-                x, B, C, dt, cs, D if D is not None else dt, dy, dx, ddt_x, colsum, ddd,
-                plan.seq_start, plan.seq_end, plan.tile_start, plan.tile_end,
-                x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-                dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1), heads, heads // groups,
-                P=head_dim, N=state, BM=BLOCK_M, NB=plan.block_t // BLOCK_M, HAS_D=D is not None, DOT_PRECISION=precision, num_warps=NUM_WARPS,
+            cb = _masked_cb(B, C, plan, x.dtype)
+            bwd_columns_kernel[(heads, blocks, plan.tiles)](
+                x, cb, dt, cs, D if D is not None else dt, dy, dx, ddt_x, colsum, ddd,
+                plan.seq_end, plan.tile_start, plan.tile_end,
+                x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
+                heads, heads // groups, groups,
+                P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None, DOT_PRECISION=precision,
+                num_warps=NUM_WARPS,
             )
             per_program = _heads_per_program(heads // groups)
             bwd_rows_kernel[(plan.tiles, blocks, heads // per_program)](
-                x, B, C, dt, cs, dy, rowsum, dB, dC, plan.seq_start, plan.tile_start, plan.tile_end,
+                x, B, C, cb, dt, cs, dy, rowsum, dB, dC, plan.seq_start, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-                dy.stride(0), dy.stride(1), dB.stride(0), dB.stride(1), heads, heads // groups,
-                HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=plan.block_t // BLOCK_M, DOT_PRECISION=precision,
-                num_warps=ROWS_WARPS,
+                dy.stride(0), dy.stride(1), dB.stride(0), dB.stride(1), heads, heads // groups, groups,
+                HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=blocks, BT=plan.block_t,
+                DOT_PRECISION=precision, num_warps=ROWS_WARPS,
             )
         # d cs_t = sum_s dlogL[t, s] - sum_t' dlogL[t', t]; a_r enters every cs_t of its sequence with t >= r.
         dcs = (rowsum - colsum).double()  # (T, H)
@@ -436,13 +484,14 @@ class ShortSSDFn(torch.autograd.Function):
         ddt_bias = ddt_raw.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
         dD = ddd.sum(0).to(D.dtype) if D is not None else None
         return (dx, ddt_raw.to(dt_raw.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, ddt_bias,
-                None, None)
+                None, None, None)
 
 
 def ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan,
-              dt_limit: tuple[float, float] = (0.0, float("inf"))) -> torch.Tensor:
+              dt_limit: tuple[float, float] = (0.0, float("inf")), fill_long: bool = True) -> torch.Tensor:
     """The SSD (T, H, P) of the short sequences of a packed row (zeros at the tokens of `plan.long_index`).
 
     x (T, H, P), dt_raw (T, H) before softplus, A (H,) negative, B and C (T, G, N), D (H,) or None, dt_bias (H,) or
-    None; any strides with a unit last one (views of the in_proj/conv outputs need no copy). Differentiable."""
-    return ShortSSDFn.apply(x, dt_raw, A, B, C, D, dt_bias, plan, tuple(float(v) for v in dt_limit))
+    None; any strides with a unit last one (views of the in_proj/conv outputs need no copy). Differentiable.
+    `fill_long=False` leaves the long-sequence rows unwritten (the caller overwrites them in place)."""
+    return ShortSSDFn.apply(x, dt_raw, A, B, C, D, dt_bias, plan, tuple(float(v) for v in dt_limit), fill_long)
