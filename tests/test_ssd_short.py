@@ -107,19 +107,22 @@ def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0) -> dict
 FP32_TOLERANCE = 2e-5  # relative to the largest reference magnitude, per output/gradient
 
 
-@pytest.mark.parametrize("lengths, block_t", [
-    ([1, 32, 1, 7, 25], 32),  # a single token, exactly the tile, tiles filled to the brim
-    ([33, 3, 20, 40, 12, 1], 32),  # tile + 1 and longer ones mixed with short ones (those are mamba_ssm's)
-])
-def test_interpreted_kernel_matches_float64_reference(lengths, block_t):
-    errors = _interpreted(lengths, block_t)
+def test_interpreted_kernel_matches_float64_reference():
+    """A single token, exactly the tile (32), tile + 1 (mamba_ssm's on a GPU: zero here), and tiles filled to the
+    brim, mixed in one row; 4 heads in 2 groups (the dB/dC kernel loops over a group's heads)."""
+    errors = _interpreted([1, 32, 5, 33, 20, 12, 2, 1], 32)
     assert errors["y_long_zero"]
     for name in ("y",) + GRAD_NAMES:
         assert errors[name] < FP32_TOLERANCE, (name, errors)
 
 
-def test_interpreted_kernel_respects_dt_limit():
-    errors = _interpreted([9, 20, 3], 32, dt_limit=(0.05, 0.4), seed=3)
+@pytest.mark.slow
+@pytest.mark.parametrize("lengths, dt_limit, seed", [
+    ([9, 20, 3, 40, 1], (0.05, 0.4), 3),  # dt_limit clamps: no gradient through clamped steps
+    ([31, 1, 32, 16, 16, 17], (0.0, float("inf")), 5),
+])
+def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
+    errors = _interpreted(lengths, 32, dt_limit=dt_limit, seed=seed)
     for name in ("y",) + GRAD_NAMES:
         assert errors[name] < FP32_TOLERANCE, (name, errors)
 

@@ -135,24 +135,26 @@ def _kernels():
     @triton.jit
     def dt_cumsum_kernel(dt_raw_ptr, bias_ptr, A_ptr, dt_ptr, cs_ptr, tile_start_ptr, tile_end_ptr,
                          s_dtr_t, heads, dt_min, dt_max,
-                         BT: tl.constexpr, HAS_BIAS: tl.constexpr):
-        # One program per (tile, head): dt = clamp(softplus(dt_raw + bias)), cs = cumsum(dt * A) over the tile.
+                         BT: tl.constexpr, HB: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # One program per tile, all heads at once (rows of dt_raw are contiguous over heads: coalesced loads):
+        # dt = clamp(softplus(dt_raw + bias)), cs = cumsum(dt * A) over the tile.
         tile = tl.program_id(0)
-        h = tl.program_id(1)
         ts = tl.load(tile_start_ptr + tile)
         te = tl.load(tile_end_ptr + tile)
         rows = ts + tl.arange(0, BT)
-        ok = rows < te
-        v = tl.load(dt_raw_ptr + rows * s_dtr_t + h, mask=ok, other=0.0).to(tl.float32)
+        offs_h = tl.arange(0, HB)
+        head_ok = offs_h < heads
+        ok = (rows < te)[:, None] & head_ok[None, :]
+        v = tl.load(dt_raw_ptr + rows[:, None] * s_dtr_t + offs_h[None, :], mask=ok, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            v += tl.load(bias_ptr + h).to(tl.float32)
+            v += tl.load(bias_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)[None, :]
         dt = tl.where(v <= 20.0, tl.log(tl.exp(v) + 1.0), v)
         dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
         dt = tl.where(ok, dt, 0.0)
-        a = dt * tl.load(A_ptr + h).to(tl.float32)
+        a = dt * tl.load(A_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)[None, :]
         cs = tl.cumsum(a, axis=0)
-        tl.store(dt_ptr + rows * heads + h, dt, mask=ok)
-        tl.store(cs_ptr + rows * heads + h, cs, mask=ok)
+        tl.store(dt_ptr + rows[:, None] * heads + offs_h[None, :], dt, mask=ok)
+        tl.store(cs_ptr + rows[:, None] * heads + offs_h[None, :], cs, mask=ok)
 
     @triton.jit
     def cb_kernel(B_ptr, C_ptr, cb_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
@@ -375,10 +377,12 @@ def _dt_cumsum(dt_raw, dt_bias, A, plan: ShortSSDPlan, dt_limit) -> tuple[torch.
     dt = torch.zeros(tokens, heads, device=dt_raw.device, dtype=torch.float32)  # (T, H); 0 outside the tiles
     cs = torch.zeros_like(dt)
     if plan.tiles:
-        dt_cumsum_kernel[(plan.tiles, heads)](
+        import triton
+
+        dt_cumsum_kernel[(plan.tiles,)](
             dt_raw, dt_bias if dt_bias is not None else A, A, dt, cs, plan.tile_start, plan.tile_end,
             dt_raw.stride(0), heads, float(dt_limit[0]), float(dt_limit[1]),
-            BT=plan.block_t, HAS_BIAS=dt_bias is not None,
+            BT=plan.block_t, HB=triton.next_power_of_2(heads), HAS_BIAS=dt_bias is not None, num_warps=8,
         )
     return dt, cs
 
