@@ -92,6 +92,7 @@ class Measurement:
     last_loss: float | None = None
     skipped: bool = False
     note: str = ""
+    kernels: str = ""  # Mamba: the SSD kernels the last forward ran (MambaKernelBackbone.last_ssd_kernels)
 
     def to_json(self, machine: dict[str, Any]) -> str:
         return json.dumps({**asdict(self), "machine": machine}, sort_keys=False)
@@ -603,7 +604,15 @@ def _base_record(reranker: Any, benchmark: str, method: str, workload: Workload,
                        tokens=workload.tokens, parameters=count_parameters(reranker.model), **extra)
 
 
-def _fill(record: Measurement, timing: Timing, device: Any) -> Measurement:
+def ssd_kernels_of(reranker: Any) -> str:
+    """What the Mamba kernel backbone's last forward ran ("" for other models and backends)."""
+    backbone = getattr(getattr(reranker.model, "backbone", None), "model", None)
+    return getattr(backbone, "last_ssd_kernels", None) or ""
+
+
+def _fill(record: Measurement, timing: Timing, device: Any, reranker: Any = None) -> Measurement:
+    if reranker is not None:
+        record.kernels = ssd_kernels_of(reranker)
     record.seconds = round(timing.seconds, 6)
     record.pairs_per_s = round(record.pairs / timing.seconds, 2)
     record.tokens_per_s = round(record.tokens / timing.seconds, 1)
@@ -653,7 +662,7 @@ def measure_inference(reranker: Any, workload: Workload, *, methods: Sequence[st
         record.max_abs_diff, record.max_rel_error = _compare(scores, reference)
         if reference is None:
             reference = scores
-        records.append(_fill(record, timing, reranker.device))
+        records.append(_fill(record, timing, reranker.device, reranker))
     if end_to_end and workload.texts is not None:
         records.append(measure_predict(reranker, workload, batch_size=batch_size, token_budget=token_budget,
                                        repeats=repeats, warmup=warmup, reference=reference))
@@ -671,7 +680,7 @@ def measure_predict(reranker: Any, workload: Workload, *, batch_size: int, token
                                                 max_tokens=token_budget if reranker.pack else None),
                        reranker.device, repeats, warmup)
     record.max_abs_diff, record.max_rel_error = _compare(np.asarray(timing.result, dtype=np.float64), reference)
-    return _fill(record, timing, reranker.device)
+    return _fill(record, timing, reranker.device, reranker)
 
 
 def measure_fixed_length(reranker: Any, length: int, *, pairs: int, batch_size: int = 256, repeats: int = 3,
@@ -863,6 +872,7 @@ def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_
                                   else _peak_rss_mb(), 1)
     record.memory = _memory_kind(reranker.device) + " (weights, AdamW states, activations)"
     record.first_loss, record.last_loss = losses[0], losses[-1]
+    record.kernels = ssd_kernels_of(reranker)
     record.note = (note + "; " if note else "") + f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; " \
                                                    f"{groups_per_step} groups x {group_size} per step"
     del optimizer
