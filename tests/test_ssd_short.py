@@ -38,6 +38,30 @@ def test_tiles_fill_to_exactly_the_block():
     assert not is_long.any()
 
 
+def test_output_positions_give_the_pooled_rows_of_the_full_output():
+    """`output_positions` (what ScoringModel.encode asks for on a packed row) returns exactly those rows."""
+    from pyserini_ssm.models.mamba import build_mamba_backbone, tiny_hf_config
+
+    torch.manual_seed(0)
+    backbone = build_mamba_backbone(tiny_hf_config("mamba2", num_hidden_layers=1), backend="torch", device="cpu")
+    lengths = [3, 1, 5]
+    input_ids = torch.randint(1, 100, (1, sum(lengths)))
+    seq_idx = torch.repeat_interleave(torch.arange(3, dtype=torch.int32), torch.tensor(lengths))[None]
+    last = torch.tensor(np.cumsum(lengths) - 1)
+    with torch.no_grad():
+        full = backbone(input_ids, seq_idx=seq_idx)
+        pooled = backbone(input_ids, seq_idx=seq_idx, output_positions=last)
+    assert pooled.shape == (1, 3, full.shape[-1])
+    assert torch.equal(pooled[0], full[0, last])
+
+
+def test_fused_adamw_only_for_cuda_floating_parameters():
+    from pyserini_ssm.training.loop import fused_adamw_applies
+
+    assert not fused_adamw_applies([torch.nn.Parameter(torch.zeros(2))])  # CPU: torch's fused AdamW is CUDA-only
+    assert not fused_adamw_applies([])
+
+
 def random_case(lengths, heads=4, head_dim=16, groups=2, state=16, dtype=torch.float64, device="cpu", seed=0):
     """Inputs of one packed row as the mixer gives them (x, dt_raw, A, B, C, D, dt_bias) and its seq_idx."""
     generator = torch.Generator().manual_seed(seed)
@@ -133,6 +157,9 @@ def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
 # Relative to the largest magnitude, as mamba_ssm's own tests (bf16: products rounded to bf16 before each tl.dot).
 GPU_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 GPU_LENGTHS = [1, 256, 257, 5, 101, 99, 120, 1, 600, 64, 65, 200, 31]
+# mamba_ssm's kernels multiply fp32 inputs in TF32 (tl.dot's default), ours in IEEE fp32: against mamba_ssm the
+# fp32 bound is TF32's (about 1e-3), against the float64 reference ours is 1e-4.
+VS_MAMBA_TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 3e-2}
 
 
 @pytest.mark.gpu
@@ -181,7 +208,7 @@ def test_gpu_short_and_long_match_mamba_chunk_scan(dtype):
         errors[name] = float((grad.float() - grad_stock.float()).abs().max() / grad_stock.float().abs().max())
     print("short SSD vs mamba_chunk_scan_combined", dtype, errors)
     for name, value in errors.items():
-        assert value < GPU_TOLERANCE[dtype], (name, errors)
+        assert value < VS_MAMBA_TOLERANCE[dtype], (name, errors)
 
 
 @pytest.mark.gpu
