@@ -33,6 +33,9 @@ DEFAULT_BLOCK_T = 256  # tile: the longest sequence this kernel takes (longer on
 BLOCK_M = int(os.environ.get("PYSERINI_SSM_SSD_BLOCK_M", "64"))  # rows (and columns) per sub-block of a tile
 NUM_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_WARPS", "4"))
 ROWS_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_WARPS", "8"))  # the dB/dC kernel holds more state
+# Forward loop over column blocks with loaded bounds (software-pipelined loads) instead of a static loop with
+# runtime skips. Opt-in until measured (bin/profile-short-ssd times both).
+LOADED_BOUNDS = os.environ.get("PYSERINI_SSM_SSD_LOADED_BOUNDS", "0") == "1"
 SOFTPLUS_THRESHOLD = 20.0  # as torch's softplus and mamba_ssm's _chunk_cumsum kernels
 
 
@@ -196,7 +199,7 @@ def _kernels():
     def fwd_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
                    s_x_t, s_x_h, s_y_t, s_y_h, heads, heads_per_group, groups,
                    P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, HAS_D: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr):
         # Heads vary fastest in the grid: the programs running together read the same tile's CB (L2 hits).
         h = tl.program_id(0)
         block = tl.program_id(1)
@@ -216,8 +219,23 @@ def _kernels():
         j_lo = (tl.load(seq_start_ptr + r0) - ts) // BM  # the first column block the rows' sequences reach
         cb_base = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
         acc = tl.zeros((BM, P), dtype=tl.float32)
-        for jb in range(0, NB):  # static bound, runtime skip: Triton's interpreter cannot loop to loaded bounds
-          if (jb >= j_lo) & (jb <= block):
+        # The same body twice: with loaded loop bounds (compiled; loads can be pipelined) or a static loop with
+        # runtime skips (Triton's interpreter cannot loop to loaded bounds).
+        if LOADED_BOUNDS:
+          for jb in range(j_lo, block + 1):
+            cols = ts + jb * BM + offs_m
+            col_ok = cols < te
+            cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
+            cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
+            dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
+            m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
+            x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
+                          other=0.0)
+            xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
+            acc += tl.dot(m.to(dtype), xdt, input_precision=DOT_PRECISION)
+        else:
+          for jb in range(0, NB):
+           if (jb >= j_lo) & (jb <= block):
             cols = ts + jb * BM + offs_m
             col_ok = cols < te
             cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
@@ -353,6 +371,10 @@ def _kernels():
     return dt_cumsum_kernel, cb_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel
 
 
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # fp32 tensors: exact fp32 products, not TF32
 
@@ -418,7 +440,8 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
             x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
             x.stride(0), x.stride(1), y.stride(0), y.stride(1), heads, heads // groups, groups,
             P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None,
-            DOT_PRECISION=_dot_precision(x.dtype), num_warps=NUM_WARPS,
+            DOT_PRECISION=_dot_precision(x.dtype), LOADED_BOUNDS=LOADED_BOUNDS and not _interpreted(),
+            num_warps=NUM_WARPS,
         )
     return y
 
