@@ -116,7 +116,10 @@ def plan_short_ssd(seq_idx: torch.Tensor | None, tokens: int, device: torch.devi
         long_index = torch.from_numpy(long_tokens).to(device)
         long_seq_idx = torch.from_numpy(np.repeat(np.arange(len(long_ids), dtype=np.int32), lengths[long_ids]))
         long_seq_idx = long_seq_idx.to(device).unsqueeze(0)
-    as_device = lambda array, dtype: torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)  # noqa: E731
+
+    def as_device(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
     return ShortSSDPlan(
         tokens=tokens, block_t=block_t,
         tile_start=as_device(tile_start, torch.int32), tile_end=as_device(tile_end, torch.int32),
