@@ -36,6 +36,7 @@ ROWS_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_WARPS", "8"))  # the dB/d
 # Forward loop over column blocks with loaded bounds (software-pipelined loads) instead of a static loop with
 # runtime skips. Opt-in until measured (bin/profile-short-ssd times both).
 LOADED_BOUNDS = os.environ.get("PYSERINI_SSM_SSD_LOADED_BOUNDS", "0") == "1"
+FWD_HEADS_PER_PROGRAM = int(os.environ.get("PYSERINI_SSM_SSD_FWD_HEADS", "1"))  # heads one forward program runs
 SOFTPLUS_THRESHOLD = 20.0  # as torch's softplus and mamba_ssm's _chunk_cumsum kernels
 
 
@@ -202,9 +203,9 @@ def _kernels():
     def fwd_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
                    s_x_t, s_x_h, s_y_t, s_y_h, heads, heads_per_group, groups,
                    P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, HAS_D: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr, HC: tl.constexpr):
         # Heads vary fastest in the grid: the programs running together read the same tile's CB (L2 hits).
-        h = tl.program_id(0)
+        h0 = tl.program_id(0) * HC
         block = tl.program_id(1)
         tile = tl.program_id(2)
         ts = tl.load(tile_start_ptr + tile)
@@ -212,49 +213,51 @@ def _kernels():
         r0 = ts + block * BM
         if r0 >= te:
             return
-        g = h // heads_per_group
         dtype = x_ptr.dtype.element_ty
         offs_m = tl.arange(0, BM)
         offs_p = tl.arange(0, P)
         rows = r0 + offs_m
         row_ok = rows < te
-        cs_i = tl.load(cs_ptr + rows * heads + h, mask=row_ok, other=0.0)
         j_lo = (tl.load(seq_start_ptr + r0) - ts) // BM  # the first column block the rows' sequences reach
-        cb_base = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
-        acc = tl.zeros((BM, P), dtype=tl.float32)
-        # The same body twice: with loaded loop bounds (compiled; loads can be pipelined) or a static loop with
-        # runtime skips (Triton's interpreter cannot loop to loaded bounds).
-        if LOADED_BOUNDS:
-          for jb in range(j_lo, block + 1):
-            cols = ts + jb * BM + offs_m
-            col_ok = cols < te
-            cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
-            cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
-            dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
-            m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
-            x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
-                          other=0.0)
-            xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
-            acc += tl.dot(m.to(dtype), xdt, input_precision=DOT_PRECISION)
-        else:
-          for jb in range(0, NB):
-           if (jb >= j_lo) & (jb <= block):
-            cols = ts + jb * BM + offs_m
-            col_ok = cols < te
-            cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
-            cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
-            dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
-            m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
-            x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
-                          other=0.0)
-            xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
-            acc += tl.dot(m.to(dtype), xdt, input_precision=DOT_PRECISION)
-        if HAS_D:
-            x_i = tl.load(x_ptr + rows[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=row_ok[:, None],
-                          other=0.0)
-            acc += tl.load(D_ptr + h).to(tl.float32) * x_i.to(tl.float32)
-        tl.store(y_ptr + rows[:, None] * s_y_t + h * s_y_h + offs_p[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=row_ok[:, None])
+        for hh in range(HC):  # heads of this program: the tile prologue is paid once
+            h = h0 + hh
+            g = h // heads_per_group
+            cs_i = tl.load(cs_ptr + rows * heads + h, mask=row_ok, other=0.0)
+            cb_base = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
+            acc = tl.zeros((BM, P), dtype=tl.float32)
+            # The same body twice: with loaded loop bounds (compiled; loads can be pipelined) or a static loop with
+            # runtime skips (Triton's interpreter cannot loop to loaded bounds).
+            if LOADED_BOUNDS:
+              for jb in range(j_lo, block + 1):
+                cols = ts + jb * BM + offs_m
+                col_ok = cols < te
+                cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
+                cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
+                dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
+                m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
+                x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
+                              other=0.0)
+                xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
+                acc += tl.dot(m.to(dtype), xdt, input_precision=DOT_PRECISION)
+            else:
+              for jb in range(0, NB):
+               if (jb >= j_lo) & (jb <= block):
+                cols = ts + jb * BM + offs_m
+                col_ok = cols < te
+                cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
+                cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
+                dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
+                m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
+                x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
+                              other=0.0)
+                xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
+                acc += tl.dot(m.to(dtype), xdt, input_precision=DOT_PRECISION)
+            if HAS_D:
+                x_i = tl.load(x_ptr + rows[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=row_ok[:, None],
+                              other=0.0)
+                acc += tl.load(D_ptr + h).to(tl.float32) * x_i.to(tl.float32)
+            tl.store(y_ptr + rows[:, None] * s_y_t + h * s_y_h + offs_p[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=row_ok[:, None])
 
     @triton.jit
     def bwd_columns_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, dy_ptr, dx_ptr, ddt_ptr, colsum_ptr, ddd_ptr,
@@ -439,11 +442,12 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
         y[plan.long_index] = 0
     if plan.tiles:
         blocks = plan.block_t // BLOCK_M
-        fwd_kernel[(heads, blocks, plan.tiles)](
+        per_program = FWD_HEADS_PER_PROGRAM if heads % FWD_HEADS_PER_PROGRAM == 0 else 1
+        fwd_kernel[(heads // per_program, blocks, plan.tiles)](
             x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
             x.stride(0), x.stride(1), y.stride(0), y.stride(1), heads, heads // groups, groups,
             P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None,
-            DOT_PRECISION=_dot_precision(x.dtype), LOADED_BOUNDS=LOADED_BOUNDS and not _interpreted(),
+            DOT_PRECISION=_dot_precision(x.dtype), LOADED_BOUNDS=LOADED_BOUNDS and not _interpreted(), HC=per_program,
             num_warps=NUM_WARPS,
         )
     return y
