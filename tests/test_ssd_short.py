@@ -128,7 +128,14 @@ def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0) -> dict
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-FP32_TOLERANCE = 2e-5  # relative to the largest reference magnitude, per output/gradient
+# Relative to the largest reference magnitude. dA sums da * dt over every token, and da (a reverse cumulative sum of
+# row sums minus column sums) nearly cancels within each sequence: fp32 rounding shows more there.
+FP32_TOLERANCE = 2e-5
+FP32_TOLERANCE_DA = 1e-4
+
+
+def fp32_tolerance(name: str) -> float:
+    return FP32_TOLERANCE_DA if name == "A" else FP32_TOLERANCE
 
 
 def test_interpreted_kernel_matches_float64_reference():
@@ -137,7 +144,7 @@ def test_interpreted_kernel_matches_float64_reference():
     errors = _interpreted([1, 32, 5, 33, 20, 12, 2, 1], 32)
     assert errors["y_long_zero"]
     for name in ("y",) + GRAD_NAMES:
-        assert errors[name] < FP32_TOLERANCE, (name, errors)
+        assert errors[name] < fp32_tolerance(name), (name, errors)
 
 
 @pytest.mark.slow
@@ -148,7 +155,7 @@ def test_interpreted_kernel_matches_float64_reference():
 def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
     errors = _interpreted(lengths, 32, dt_limit=dt_limit, seed=seed)
     for name in ("y",) + GRAD_NAMES:
-        assert errors[name] < FP32_TOLERANCE, (name, errors)
+        assert errors[name] < fp32_tolerance(name), (name, errors)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -506,17 +506,17 @@ class ShortSSDFn(torch.autograd.Function):
         dcs = (rowsum - colsum).double()  # (T, H)
         reverse = torch.flip(torch.cumsum(torch.flip(dcs, (0,)), 0), (0,))  # sum_{t >= r} over the row
         reverse = torch.cat([reverse, reverse.new_zeros(1, heads)])
-        da = (reverse[:-1] - reverse[plan.seq_end]).float()  # restarted at each sequence end
-        ddt = ddt_x + da * A
-        dA = (da * dt).sum(0)
+        da = reverse[:-1] - reverse[plan.seq_end]  # (T, H) float64, restarted at each sequence end
+        ddt = ddt_x + da.float() * A
+        dA = (da * dt.double()).sum(0)  # float64: the terms of one sequence nearly cancel
         v = dt_raw.float() + (dt_bias.float() if dt_bias is not None else 0.0)
         soft = F.softplus(v)
         inside = (soft >= ctx.dt_limit[0]) & (soft <= ctx.dt_limit[1])
         ddt_raw = torch.where(inside, ddt, 0.0) * torch.where(v <= SOFTPLUS_THRESHOLD, torch.sigmoid(v), 1.0)
         if plan.long_tokens:  # long-sequence tokens are not ours: the chunked kernel gives their gradients
             ddt_raw[plan.long_index] = 0.0
-        ddt_bias = ddt_raw.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
-        dD = ddd.sum(0).to(D.dtype) if D is not None else None
+        ddt_bias = ddt_raw.double().sum(0).to(dt_bias.dtype) if dt_bias is not None else None
+        dD = ddd.double().sum(0).to(D.dtype) if D is not None else None
         return (dx, ddt_raw.to(dt_raw.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, ddt_bias,
                 None, None, None)
 
