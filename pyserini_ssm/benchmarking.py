@@ -101,6 +101,7 @@ class Measurement:
     grad_checkpointing: bool = False  # training: activations recomputed in backward
     skipped: bool = False
     note: str = ""
+    kernels: str = ""  # Mamba: the SSD kernels the last forward ran (MambaKernelBackbone.last_ssd_kernels)
 
     def to_json(self, machine: dict[str, Any]) -> str:
         return json.dumps({**asdict(self), "machine": machine}, sort_keys=False)
@@ -496,9 +497,16 @@ def _base_record(reranker: Any, benchmark: str, method: str, workload: Workload,
                        fp8_quantizer=None if fp8 is None else fp8.quantizer, **extra)
 
 
+def ssd_kernels_of(reranker: Any) -> str:
+    """What the Mamba kernel backbone's last forward ran ("" for other models and backends)."""
+    backbone = getattr(getattr(reranker.model, "backbone", None), "model", None)
+    return getattr(backbone, "last_ssd_kernels", None) or ""
+
+
 def _fill(record: Measurement, timing: Timing, reranker: Any) -> Measurement:
     device = reranker.device
     record.attention = attention_label(reranker)
+    record.kernels = ssd_kernels_of(reranker)
     record.seconds = round(timing.seconds, 6)
     record.pairs_per_s = round(record.pairs / timing.seconds, 2)
     record.tokens_per_s = round(record.tokens / timing.seconds, 1)
@@ -725,7 +733,10 @@ def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_
                                         for lengths in step_lengths[warmup:]]))
     record.dtype = "bf16-autocast" if cuda else "fp32"
     loss_function = _loss_function()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    from pyserini_ssm.training.loop import fused_adamw_applies
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, fused=fused_adamw_applies(trainable))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     if grad_checkpointing:
         from pyserini_ssm.training.loop import enable_gradient_checkpointing
@@ -775,6 +786,7 @@ def measure_training(reranker: Any, workload: Workload, *, packed: bool, groups_
     record.memory = _memory_kind(reranker.device) + " (weights, AdamW states, activations)"
     record.attention = attention_label(reranker)
     record.first_loss, record.last_loss = losses[0], losses[-1]
+    record.kernels = ssd_kernels_of(reranker)
     record.note = (note + "; " if note else "") + f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; " \
                                                    f"{groups_per_step} groups x {group_size} per step" + \
                   ("; gradient checkpointing" if record.grad_checkpointing else "")

@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -98,6 +99,18 @@ MAMBA2_MIXER_DEFAULTS: dict[str, Any] = {
 MAMBA_SSM_NORM_EPS = 1e-5
 
 KERNEL_INSTALL_HINT = "pip install --no-build-isolation mamba-ssm causal-conv1d"
+
+# The SSD of packed Mamba-2 rows on the kernel backend: "short" (ops.ssd_short) or "mamba_ssm" (stock).
+SSD_BACKENDS = ("short", "mamba_ssm")
+SSD_BACKEND_ENV = "PYSERINI_SSM_SSD"
+SHORT_SSD_BLOCK_T = 256
+
+
+def ssd_backend_from_env() -> str:
+    value = os.environ.get(SSD_BACKEND_ENV, "short")
+    if value not in SSD_BACKENDS:
+        raise UserError(f"{SSD_BACKEND_ENV}={value!r}: choose one of {', '.join(SSD_BACKENDS)}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -562,6 +575,12 @@ class MambaKernelBackbone(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.norm_f = modules["RMSNorm"](config.hidden_size, eps=eps, **factory)
+        # Which SSD runs packed Mamba-2 rows: "short" (ops.ssd_short, with mamba_ssm's chunked scan for sequences
+        # longer than its tile) or "mamba_ssm" (the stock memory-efficient path). Settable at run time (benches).
+        self.ssd_backend = ssd_backend_from_env()
+        self.ssd_block_t = SHORT_SSD_BLOCK_T
+        self.last_ssd_kernels: str | None = None  # what the last forward ran (read by the bench)
+        self._short_ssd_warned = False
         if torch.device(device or "cpu").type != "meta":
             from mamba_ssm.models.mixer_seq_simple import _init_weights
 
@@ -612,13 +631,15 @@ class MambaKernelBackbone(nn.Module):
         input_ids: torch.Tensor,
         seq_idx: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        output_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final-normed hidden states (B, L, D) of `input_ids` (B, L).
+        """Final-normed hidden states (B, L, D) of `input_ids` (B, L), or (B, K, D) at `output_positions` (K,).
 
         `seq_idx` (B, L) int32 (Mamba-2 only) packs several sequences into a row: a position only sees earlier
         positions with the same id, in the convolution (causal_conv1d masks its window by seq_idx) and in the scan
-        (the chunked scan resets the state where the id changes). `cu_seqlens` (N + 1,) is the same for a single row
-        (B = 1) and is turned into `seq_idx`.
+        (the state restarts where the id changes). `cu_seqlens` (N + 1,) is the same for a single row (B = 1) and
+        is turned into `seq_idx`. A Mamba-2 row (B = 1) runs through the short-sequence SSD when `ssd_backend` is
+        "short"; its last layer then computes the gated norm, out_proj and final norm only at `output_positions`.
         """
         if cu_seqlens is not None:
             if seq_idx is not None:
@@ -630,10 +651,13 @@ class MambaKernelBackbone(nn.Module):
                 raise NotImplementedError("Mamba-1 has no variable-length kernel: pad the batch instead of packing")
             if seq_idx.shape != input_ids.shape:
                 raise ValueError(f"seq_idx shape {tuple(seq_idx.shape)} != input_ids shape {tuple(input_ids.shape)}")
-            mixer_kwargs["seq_idx"] = seq_idx.to(device=input_ids.device, dtype=torch.int32).contiguous()
+            seq_idx = seq_idx.to(device=input_ids.device, dtype=torch.int32).contiguous()
+            mixer_kwargs["seq_idx"] = seq_idx
+        plan = self._short_ssd_plan(input_ids, seq_idx)
         hidden = self.embeddings(input_ids)  # (B, L, D)
         residual = None
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
             hidden, residual = self.layer_norm_fn(
                 hidden,
                 layer.norm.weight,
@@ -644,8 +668,16 @@ class MambaKernelBackbone(nn.Module):
                 eps=layer.norm.eps,
                 is_rms_norm=True,
             )
-            hidden = layer.mixer(hidden, **mixer_kwargs)  # (B, L, D)
-        return self.layer_norm_fn(
+            if plan is None:
+                hidden = layer.mixer(hidden, **mixer_kwargs)  # (B, L, D)
+                continue
+            from pyserini_ssm.models.mamba2_mixer import mamba2_mixer_forward
+
+            positions = output_positions if index == last else None
+            hidden = mamba2_mixer_forward(layer.mixer, hidden, plan, seq_idx, positions)  # (1, L or K, D)
+            if positions is not None:
+                residual = residual[:, positions]
+        out = self.layer_norm_fn(
             hidden,
             self.norm_f.weight,
             None,
@@ -655,6 +687,39 @@ class MambaKernelBackbone(nn.Module):
             eps=self.norm_f.eps,
             is_rms_norm=True,
         )
+        if output_positions is not None and plan is None:
+            out = out[:, output_positions]
+        return out
+
+    def _short_ssd_plan(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None):
+        """The tiling of the row for the short SSD, or None when the stock mamba_ssm path runs (recorded)."""
+        stock = "mamba_ssm mamba_split_conv1d_scan_combined"
+        if self.family != "mamba2":
+            self.last_ssd_kernels = "mamba_ssm mamba_inner_fn (Mamba-1)"
+            return None
+        if self.ssd_backend != "short":
+            self.last_ssd_kernels = stock
+            return None
+        if input_ids.shape[0] != 1 or not input_ids.is_cuda:
+            self.last_ssd_kernels = f"{stock} (a padded batch of {input_ids.shape[0]}: the short SSD takes rows)"
+            return None
+        from pyserini_ssm.models.mamba2_mixer import short_ssd_unsupported
+        from pyserini_ssm.ops.ssd_short import plan_short_ssd
+
+        reason = short_ssd_unsupported(self.layers[0].mixer)
+        if reason is not None:
+            if not self._short_ssd_warned:
+                logger.warning("short-sequence SSD not usable (%s): mamba_ssm's stock kernels run", reason)
+                self._short_ssd_warned = True
+            self.last_ssd_kernels = f"{stock} (short SSD unsupported: {reason})"
+            return None
+        plan = plan_short_ssd(seq_idx, input_ids.shape[1], input_ids.device, block_t=self.ssd_block_t)
+        kernels = f"short-ssd triton ({plan.tiles} tiles of <= {plan.block_t} tokens)"
+        if plan.long_sequences:
+            kernels += (f" + mamba_chunk_scan_combined ({plan.long_sequences} sequences > {plan.block_t} tokens, "
+                        f"{plan.long_tokens} tokens)")
+        self.last_ssd_kernels = kernels
+        return plan
 
 
 def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, shape: torch.Size | tuple[int, int]) -> torch.Tensor:
@@ -717,7 +782,10 @@ class MambaBackbone(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         seq_idx: torch.Tensor | None = None,
+        output_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """(B, L, D), or (B, K, D) at `output_positions` (K,) of each row (the kernel backend then skips the last
+        layer's out_proj and norms elsewhere on a packed row)."""
         if seq_idx is not None:
             if not self.supports_packing:
                 raise NotImplementedError("Mamba-1 has no variable-length kernel: pad the batch instead of packing")
@@ -735,11 +803,13 @@ class MambaBackbone(nn.Module):
                 seq_idx, attention_mask = attention_mask.to(torch.int32), None  # padding id 0, tokens id 1
         dtype = self.model.embeddings.weight.dtype
         if self.backend == "cuda":
-            hidden = self.model(input_ids, seq_idx=seq_idx)
-        elif seq_idx is not None:
+            return self.model(input_ids, seq_idx=seq_idx, output_positions=output_positions).to(dtype)
+        if seq_idx is not None:
             hidden = self._torch_packed(input_ids, seq_idx)
         else:
             hidden = self._torch(input_ids, attention_mask)
+        if output_positions is not None:
+            hidden = hidden[:, output_positions]
         return hidden.to(dtype)  # transformers returns fp32 when residual_in_fp32; the kernels the weights' dtype
 
     def _torch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

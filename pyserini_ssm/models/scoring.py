@@ -87,6 +87,9 @@ class ScoringModel(nn.Module):
         input_ids = batch["input_ids"]  # (B, L) or packed (1, T)
         packed = "seq_idx" in batch
         if self.family in MAMBA_FAMILIES:
+            if packed and self.pooling == "last":
+                # Only the pooled tokens: the kernel backbone skips the rest of the last layer's out_proj and norms.
+                return self.backbone(input_ids, seq_idx=batch["seq_idx"], output_positions=batch["last_index"])[0]
             # Right padding: a causal scan never lets padding reach the real tokens, so no mask is needed.
             hidden = self.backbone(input_ids, seq_idx=batch["seq_idx"] if packed else None)  # (B, L, D)
         elif packed:

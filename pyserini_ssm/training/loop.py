@@ -266,7 +266,14 @@ def build_optimizer(scoring_model, config: TrainConfig):
         if parameter.requires_grad:
             (decay if parameter.dim() >= 2 else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused_adamw_applies(
+        decay + no_decay))
+
+
+def fused_adamw_applies(parameters) -> bool:
+    """Whether torch's fused AdamW (one kernel for every tensor) can update these: all CUDA floating point."""
+    parameters = list(parameters)
+    return bool(parameters) and all(p.is_cuda and p.is_floating_point() for p in parameters)
 
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

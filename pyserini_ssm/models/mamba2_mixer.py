@@ -1,0 +1,90 @@
+"""The Mamba-2 mixer of a packed row through this project's short-sequence SSD (`ops.ssd_short`), on mamba_ssm's
+`Mamba2` module's own parameters (same weights, same state dict keys).
+
+    in_proj (module) -> causal_conv1d (seq_idx, SiLU) -> SSD: ours for sequences of at most `plan.block_t` tokens,
+    mamba_ssm's `mamba_chunk_scan_combined` (seq_idx) for the longer ones -> gated RMSNorm (module: mamba_ssm's
+    `RMSNormGated`, norm(y * silu(z)) per group) -> out_proj (module)
+
+The projections are called as modules so that a replacement Linear (FP8) applies. `output_positions` computes the
+gated norm and out_proj only at those tokens (the last layer of a scorer that pools the last token of each pair).
+mamba_ssm's memory-efficient path (`mamba_split_conv1d_scan_combined`) is the stock alternative; the backbone
+chooses (`MambaKernelBackbone.ssd_backend`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyserini_ssm.ops.ssd_short import ShortSSDPlan, ssd_short
+
+
+def short_ssd_unsupported(mixer: nn.Module) -> str | None:
+    """Why this mamba_ssm `Mamba2` mixer cannot run through the short SSD (None when it can)."""
+    d_in_proj = mixer.in_proj.out_features
+    expected = 2 * mixer.d_ssm + 2 * mixer.ngroups * mixer.d_state + mixer.nheads
+    if d_in_proj != expected or mixer.d_ssm != mixer.d_inner:
+        return "the mixer has gated-MLP channels (d_ssm < d_inner)"
+    if mixer.D_has_hdim:
+        return "D has a head dimension"
+    if not mixer.rmsnorm or mixer.norm_before_gate:
+        return "the mixer has no gated RMSNorm after the gate"
+    for name, value in (("headdim", mixer.headdim), ("d_state", mixer.d_state)):
+        if value < 16 or value & (value - 1):
+            return f"{name}={value} is not a power of two >= 16"
+    if mixer.activation not in ("silu", "swish"):
+        return f"activation {mixer.activation!r}"
+    return None
+
+
+def mamba2_mixer_forward(
+    mixer: nn.Module,
+    hidden: torch.Tensor,
+    plan: ShortSSDPlan,
+    seq_idx: torch.Tensor | None,
+    output_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mixer output (1, T, D) of a packed row `hidden` (1, T, D), or (1, K, D) at `output_positions` (K,)."""
+    from causal_conv1d import causal_conv1d_fn
+
+    heads, head_dim, groups, state = mixer.nheads, mixer.headdim, mixer.ngroups, mixer.d_state
+    d_ssm = mixer.d_ssm
+    tokens = hidden.shape[1]
+    zxbcdt = mixer.in_proj(hidden)  # (1, T, 2 d_ssm + 2 G N + H)
+    z, xbc, dt_raw = torch.split(zxbcdt, [d_ssm, d_ssm + 2 * groups * state, heads], dim=-1)
+    xbc = causal_conv1d_fn(
+        xbc.transpose(1, 2),  # (1, C, T) channel-last, as causal_conv1d needs with seq_idx
+        mixer.conv1d.weight.squeeze(1),
+        bias=mixer.conv1d.bias,
+        seq_idx=seq_idx,
+        activation="silu",
+    ).transpose(1, 2)  # (1, T, C)
+    x, B, C = torch.split(xbc[0], [d_ssm, groups * state, groups * state], dim=-1)
+    x = x.view(tokens, heads, head_dim)  # (T, H, P)
+    B = B.view(tokens, groups, state)  # (T, G, N)
+    C = C.view(tokens, groups, state)
+    A = -torch.exp(mixer.A_log.float())  # (H,)
+    dt_limit = tuple(float(v) for v in mixer.dt_limit)
+    y = ssd_short(x, dt_raw[0], A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, fill_long=False)  # (T, H, P)
+    if plan.long_index is not None:  # in place: no copy of the whole row (y is not saved by ShortSSDFn)
+        y.index_copy_(0, plan.long_index, _long_ssd(mixer, x, dt_raw[0], A, B, C, plan, dt_limit))
+    y = y.view(1, tokens, d_ssm)
+    if output_positions is not None:
+        y, z = y[:, output_positions], z[:, output_positions]  # (1, K, d_ssm)
+    return mixer.out_proj(mixer.norm(y, z))  # (1, T or K, D)
+
+
+def _long_ssd(mixer: nn.Module, x, dt_raw, A, B, C, plan: ShortSSDPlan, dt_limit) -> torch.Tensor:
+    """mamba_ssm's chunked SSD (T_long, H, P) on the tokens of the sequences longer than the tile."""
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    index = plan.long_index
+    extra: dict[str, Any] = {} if dt_limit == (0.0, float("inf")) else {"dt_limit": dt_limit}
+    y = mamba_chunk_scan_combined(
+        x.index_select(0, index)[None], dt_raw.index_select(0, index)[None], A,
+        B.index_select(0, index)[None], C.index_select(0, index)[None], mixer.chunk_size,
+        D=mixer.D, dt_bias=mixer.dt_bias, dt_softplus=True, seq_idx=plan.long_seq_idx, **extra,
+    )  # (1, T_long, H, P)
+    return y[0]

@@ -1,0 +1,250 @@
+"""The short-sequence SSD (ops.ssd_short) against its float64 reference (ops.ssd_reference) and mamba_ssm.
+
+Without a GPU the Triton kernels run through Triton's interpreter (TRITON_INTERPRET=1, read when the kernels are
+decorated: each interpreted case runs in its own Python process) on small shapes. On a GPU (`-m gpu`): fp32 and bf16
+against the reference and against mamba_ssm's `mamba_chunk_scan_combined` with seq_idx, outputs and every gradient,
+and whole-model scores against the stock mamba_ssm path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyserini_ssm.ops.ssd_short import tile_sequences
+
+TESTS = Path(__file__).resolve().parent
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
+
+
+def test_tiles_are_greedy_whole_sequences_in_row_order():
+    first, end, is_long = tile_sequences(np.array([1, 5, 3, 8, 9, 2, 7]), block_t=8)
+    # [1, 5] | [3] (6 + 3 > 8) | [8] | 9 is long and ends the tile | [2] | [7] (2 + 7 > 8)
+    assert first.tolist() == [0, 2, 3, 5, 6]
+    assert end.tolist() == [2, 3, 4, 6, 7]
+    assert is_long.tolist() == [False, False, False, False, True, False, False]
+
+
+def test_tiles_fill_to_exactly_the_block():
+    first, end, is_long = tile_sequences(np.array([4, 4, 8, 1, 8]), block_t=8)
+    assert list(zip(first.tolist(), end.tolist())) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert not is_long.any()
+
+
+def test_output_positions_give_the_pooled_rows_of_the_full_output():
+    """`output_positions` (what ScoringModel.encode asks for on a packed row) returns exactly those rows."""
+    from pyserini_ssm.models.mamba import build_mamba_backbone, tiny_hf_config
+
+    torch.manual_seed(0)
+    backbone = build_mamba_backbone(tiny_hf_config("mamba2", num_hidden_layers=1), backend="torch", device="cpu")
+    lengths = [3, 1, 5]
+    input_ids = torch.randint(1, 100, (1, sum(lengths)))
+    seq_idx = torch.repeat_interleave(torch.arange(3, dtype=torch.int32), torch.tensor(lengths))[None]
+    last = torch.tensor(np.cumsum(lengths) - 1)
+    with torch.no_grad():
+        full = backbone(input_ids, seq_idx=seq_idx)
+        pooled = backbone(input_ids, seq_idx=seq_idx, output_positions=last)
+    assert pooled.shape == (1, 3, full.shape[-1])
+    assert torch.equal(pooled[0], full[0, last])
+
+
+def test_fused_adamw_only_for_cuda_floating_parameters():
+    from pyserini_ssm.training.loop import fused_adamw_applies
+
+    assert not fused_adamw_applies([torch.nn.Parameter(torch.zeros(2))])  # CPU: torch's fused AdamW is CUDA-only
+    assert not fused_adamw_applies([])
+
+
+def random_case(lengths, heads=4, head_dim=16, groups=2, state=16, dtype=torch.float64, device="cpu", seed=0):
+    """Inputs of one packed row as the mixer gives them (x, dt_raw, A, B, C, D, dt_bias) and its seq_idx."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = int(sum(lengths))
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale + shift).to(device, dtype)
+
+    inputs = [
+        rand(tokens, heads, head_dim),
+        rand(tokens, heads, shift=-1.0),
+        (-torch.rand(heads, generator=generator, dtype=torch.float64) * 4 - 0.5).to(device, torch.float32),
+        rand(tokens, groups, state, scale=0.5),
+        rand(tokens, groups, state, scale=0.5),
+        rand(heads).float(),
+        rand(heads, scale=0.5).float(),
+    ]
+    seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), torch.tensor(lengths)).to(device)
+    return inputs, seq_idx
+
+
+def compare_with_reference(lengths, block_t, dt_limit=(0.0, float("inf")), device="cpu", dtype=torch.float32,
+                           seed=0) -> dict:
+    """Max errors (relative to the reference's largest magnitude) of the output and of each gradient, on the tokens
+    of sequences of at most `block_t` (the others are mamba_ssm's)."""
+    from pyserini_ssm.ops.ssd_reference import ssd_reference
+    from pyserini_ssm.ops.ssd_short import plan_short_ssd, ssd_short
+
+    inputs, seq_idx = random_case(lengths, dtype=dtype, device=device, seed=seed)
+    inputs = [value.detach().requires_grad_() for value in inputs]
+    plan = plan_short_ssd(seq_idx[None], seq_idx.shape[0], torch.device(device), block_t=block_t)
+    short = torch.ones(seq_idx.shape[0], dtype=torch.bool, device=device)
+    if plan.long_index is not None:
+        short[plan.long_index] = False
+    y = ssd_short(*inputs, plan, dt_limit)
+    reference_inputs = [value.detach().double().requires_grad_() for value in inputs]
+    y_ref = ssd_reference(*reference_inputs, seq_idx, dt_limit) * short[:, None, None]
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(device)
+    dy = dy * short[:, None, None]
+    grads = torch.autograd.grad(y, inputs, dy.to(y.dtype))
+    grads_ref = torch.autograd.grad(y_ref, reference_inputs, dy)
+
+    def error(value, reference):
+        return float((value.double() - reference).abs().max() / reference.abs().max().clamp(min=1e-12))
+
+    errors = {"y": error(y, y_ref), "y_long_zero": bool((y[~short] == 0).all())}
+    for name, grad, grad_ref in zip(GRAD_NAMES, grads, grads_ref):
+        errors[name] = error(grad, grad_ref)
+    return errors
+
+
+def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0) -> dict:
+    pytest.importorskip("triton")
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import test_ssd_short as t; "
+        f"print(json.dumps(t.compare_with_reference({list(lengths)}, {block_t}, {tuple(dt_limit)!r}, seed={seed})))"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1", PYSERINI_SSM_SSD_BLOCK_M="16")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
+    code = code.replace("(0.0, inf)", "(0.0, float('inf'))")
+    result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Relative to the largest reference magnitude. dA sums da * dt over every token, and da (a reverse cumulative sum of
+# row sums minus column sums) nearly cancels within each sequence: fp32 rounding shows more there.
+FP32_TOLERANCE = 2e-5
+FP32_TOLERANCE_DA = 1e-4
+
+
+def fp32_tolerance(name: str) -> float:
+    return FP32_TOLERANCE_DA if name == "A" else FP32_TOLERANCE
+
+
+def test_interpreted_kernel_matches_float64_reference():
+    """A single token, exactly the tile (32), tile + 1 (mamba_ssm's on a GPU: zero here), and tiles filled to the
+    brim, mixed in one row; 4 heads in 2 groups (the dB/dC kernel loops over a group's heads)."""
+    errors = _interpreted([1, 32, 5, 33, 20, 12, 2, 1], 32)
+    assert errors["y_long_zero"]
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < fp32_tolerance(name), (name, errors)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lengths, dt_limit, seed", [
+    ([9, 20, 3, 40, 1], (0.05, 0.4), 3),  # dt_limit clamps: no gradient through clamped steps
+    ([31, 1, 32, 16, 16, 17], (0.0, float("inf")), 5),
+])
+def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
+    errors = _interpreted(lengths, 32, dt_limit=dt_limit, seed=seed)
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < fp32_tolerance(name), (name, errors)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GPU
+
+# Relative to the largest magnitude, as mamba_ssm's own tests (bf16: products rounded to bf16 before each tl.dot).
+GPU_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+GPU_LENGTHS = [1, 256, 257, 5, 101, 99, 120, 1, 600, 64, 65, 200, 31]
+# mamba_ssm's kernels multiply fp32 inputs in TF32 (tl.dot's default), ours in IEEE fp32: against mamba_ssm the
+# fp32 bound is TF32's (about 1e-3), against the float64 reference ours is 1e-4.
+VS_MAMBA_TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_kernel_matches_reference(dtype):
+    errors = compare_with_reference(GPU_LENGTHS, 256, device="cuda", dtype=dtype)
+    print("short SSD vs float64", dtype, errors)
+    assert errors["y_long_zero"]
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < GPU_TOLERANCE[dtype], (name, errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_short_and_long_match_mamba_chunk_scan(dtype):
+    """Our SSD (short tiles + mamba_ssm for the long sequences, as the mixer runs it) vs mamba_chunk_scan_combined
+    on the whole row, heads 48, headdim 64, d_state 128, one group (mamba2-780m's shape)."""
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    from pyserini_ssm.ops.ssd_short import plan_short_ssd, ssd_short
+
+    lengths = GPU_LENGTHS * 3
+    inputs, seq_idx = random_case(lengths, heads=48, head_dim=64, groups=1, state=128, dtype=dtype, device="cuda")
+    x, dt_raw, A, B, C, D, dt_bias = [value.requires_grad_() for value in inputs]
+    plan = plan_short_ssd(seq_idx[None], seq_idx.shape[0], torch.device("cuda"), block_t=256)
+
+    def ours():
+        y = ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan)
+        long = mamba_chunk_scan_combined(
+            x[plan.long_index][None], dt_raw[plan.long_index][None], A, B[plan.long_index][None],
+            C[plan.long_index][None], 256, D=D, dt_bias=dt_bias, dt_softplus=True, seq_idx=plan.long_seq_idx)
+        return y.index_copy(0, plan.long_index, long[0])
+
+    def stock():
+        return mamba_chunk_scan_combined(x[None], dt_raw[None], A, B[None], C[None], 256, D=D, dt_bias=dt_bias,
+                                         dt_softplus=True, seq_idx=seq_idx[None])[0]
+
+    dy = torch.randn(x.shape, device="cuda", dtype=dtype)
+    results = []
+    for function in (ours, stock):
+        y = function()
+        results.append((y.detach(), torch.autograd.grad(y, [x, dt_raw, A, B, C, D, dt_bias], dy)))
+    (y, grads), (y_stock, grads_stock) = results
+    errors = {"y": float((y.float() - y_stock.float()).abs().max() / y_stock.float().abs().max())}
+    for name, grad, grad_stock in zip(GRAD_NAMES, grads, grads_stock):
+        errors[name] = float((grad.float() - grad_stock.float()).abs().max() / grad_stock.float().abs().max())
+    print("short SSD vs mamba_chunk_scan_combined", dtype, errors)
+    for name, value in errors.items():
+        assert value < VS_MAMBA_TOLERANCE[dtype], (name, errors)
+
+
+@pytest.mark.gpu
+def test_gpu_model_scores_match_the_stock_path():
+    """A tiny Mamba-2 scorer (fp32): packed scores through the short SSD vs mamba_ssm's stock path, and the
+    pooled-only last layer vs the full one."""
+    from pyserini_ssm.models.mamba import build_mamba_backbone, tiny_hf_config
+
+    config = tiny_hf_config("mamba2", head_dim=16, num_heads=8, n_groups=1, state_size=16, chunk_size=256)
+    torch.manual_seed(0)
+    backbone = build_mamba_backbone(config, backend="cuda", device="cuda")
+    kernel = backbone.model
+    lengths = [1, 256, 257, 30, 80, 3, 300, 120]
+    input_ids = torch.randint(1, config.vocab_size, (1, sum(lengths)), device="cuda")
+    seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
+                                      torch.tensor(lengths)).cuda()[None]
+    last = torch.tensor(np.cumsum(lengths) - 1, device="cuda")
+    outputs = {}
+    with torch.no_grad():
+        for name in ("mamba_ssm", "short"):
+            kernel.ssd_backend = name
+            outputs[name] = backbone(input_ids, seq_idx=seq_idx)[0, last]
+            outputs[name + "-pooled"] = backbone(input_ids, seq_idx=seq_idx, output_positions=last)[0]
+            outputs[name + "-kernels"] = kernel.last_ssd_kernels
+    stock, ours = outputs["mamba_ssm"], outputs["short"]
+    error = float((ours - stock).abs().max() / stock.abs().max())
+    print("tiny model fp32, short vs stock:", error, outputs["short-kernels"])
+    assert outputs["short-kernels"].startswith("short-ssd")
+    assert outputs["mamba_ssm-kernels"].startswith("mamba_ssm")
+    assert error <= 1e-4
+    assert torch.allclose(outputs["short-pooled"], ours, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(outputs["mamba_ssm-pooled"], stock)
