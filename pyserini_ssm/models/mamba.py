@@ -586,6 +586,16 @@ class MambaKernelBackbone(nn.Module):
 
             self.apply(lambda module: _init_weights(module, n_layer=config.num_hidden_layers))
 
+    @property
+    def calls_out_proj_as_module(self) -> bool:
+        """Whether packed rows call each mixer's `out_proj` as a module (our short-SSD mixer), so that `models.fp8`
+        may convert it too; mamba_ssm's stock fused path reads `out_proj.weight` itself (an FP8 layer there raises)."""
+        if self.family != "mamba2" or self.ssd_backend != "short":
+            return False
+        from pyserini_ssm.models.mamba2_mixer import short_ssd_unsupported
+
+        return short_ssd_unsupported(self.layers[0].mixer) is None
+
     def _mixer(self, modules: dict[str, Any], layer_idx: int, factory: dict) -> nn.Module:
         config = self.config
         if self.family == "mamba1":
