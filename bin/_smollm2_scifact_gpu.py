@@ -60,7 +60,9 @@ def ndcg_at_10(run_path: Path, qrels: dict[str, dict[str, int]]) -> float:
 
 
 def count_lines(path: Path) -> int:
-    with open(path) as handle:
+    import gzip
+
+    with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as handle:
         return sum(1 for _ in handle)
 
 
