@@ -200,3 +200,22 @@ def test_real_smollm2_gguf_loads_reranks_finite_and_deterministic():
     assert np.isfinite(first).all()
     np.testing.assert_allclose(first, second, atol=1e-5)  # input order and batching do not change a score
     np.testing.assert_array_equal(first, reranker.predict(PAIRS))
+
+
+def test_train_from_a_gguf_writes_our_reranker_folder(tiny_gguf, tmp_path):
+    from pyserini_ssm.train import main as train_main
+
+    path, _ = tiny_gguf
+    examples = tmp_path / "train.jsonl"
+    examples.write_text("".join(json.dumps({"query": query, "positives": [document],
+                                            "negatives": [other for _, other in PAIRS if other != document]}) + "\n"
+                                for query, document in PAIRS))
+    output = tmp_path / "ft"
+    assert train_main(["--model", str(path), "--train-jsonl", str(examples), "--output", str(output),
+                       "--group-size", "2", "--batch-size", "1", "--max-steps", "2", "--lr", "1e-3",
+                       "--device", "cpu", "--seed", "0"]) == 0
+    model = output / "model"
+    assert (model / "model.safetensors").is_file() and not list(model.glob("*.gguf"))
+    trained = Reranker.from_pretrained(str(model))
+    assert trained.head_trained and trained.spec.template == "ssm"
+    assert np.isfinite(trained.predict(PAIRS)).all()
