@@ -20,7 +20,8 @@ PUBLISHED_MILLIONS = {
     "mamba2-130m": 130, "mamba2-370m": 370, "mamba2-780m": 780, "mamba2-1.3b": 1344, "mamba2-2.7b": 2700,
     "pythia-160m": 162, "pythia-410m": 405, "pythia-1b": 1012, "pythia-1.4b": 1415, "pythia-2.8b": 2775,
     "opt-125m": 125, "opt-350m": 331, "opt-1.3b": 1316, "opt-2.7b": 2651,
-    "llama-3.2-1b": 1236, "qwen2.5-0.5b": 494, "qwen2.5-1.5b": 1544,
+    "llama-3.2-1b": 1236, "qwen2.5-0.5b": 494, "qwen2.5-1.5b": 1544, "smollm2-135m": 135,
+    "smollm2-135m-instruct": 135,
     "bert-base": 110, "bert-large": 335, "roberta-base": 125, "roberta-large": 355,
     "electra-base": 110, "electra-large": 335, "deberta-v3-base": 184, "deberta-v3-large": 435, "minilm-l6": 22.7,
 }
@@ -98,6 +99,8 @@ def test_published_shapes_spot_checks():
     assert get_spec("mamba2-130m").tokenizer == "EleutherAI/gpt-neox-20b"
     assert get_spec("minilm-l6").checkpoint == "sentence-transformers/all-MiniLM-L6-v2"
     assert get_spec("electra-base").checkpoint == "google/electra-base-discriminator"
+    assert get_spec("smollm2-135m-instruct").checkpoint == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert get_spec("smollm2-135m").architecture["num_hidden_layers"] == 30
 
 
 def test_unknown_name_lists_close_matches():

