@@ -67,7 +67,7 @@ from pyserini_ssm.documents import (
     max_passage_run,
 )
 from pyserini_ssm.errors import UserError
-from pyserini_ssm.files import atomic_output, check_output_path
+from pyserini_ssm.files import SPACE_ERRNOS, atomic_output, check_output_path, writing
 from pyserini_ssm.runs import Hit, format_run_lines
 
 logger = logging.getLogger(__name__)
@@ -550,9 +550,10 @@ class PartialRun:
 
 
 def _append_line(handle: Any, line: str) -> None:
-    handle.write(line.encode("utf-8") + b"\n")
-    handle.flush()
-    os.fsync(handle.fileno())
+    with writing(handle.name, SPACE_ERRNOS):  # a full disk: one line (a torn last line is dropped on resume)
+        handle.write(line.encode("utf-8") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _json_roundtrip(value: Any) -> Any:

@@ -415,5 +415,4 @@ def test_lora_with_gradient_checkpointing_and_bf16_saves_a_merged_reranker(tiny_
     assert any(not torch.equal(trained[name], base[name]) for name in names)  # and they changed the backbone
     reranker = Reranker.from_pretrained(str(tmp_path / "lora" / "model"), device="cpu")
     assert reranker.predict([(QUERIES[0], POSITIVES[0])]).shape == (1,)
-    state = torch.load(tmp_path / "lora" / "model" / "trainer_state.pt", weights_only=True)
-    assert state["step"] == 2 and any("lora_" in name for name in state["trainable_state"])
+    assert not (tmp_path / "lora" / "model" / "trainer_state.pt").exists()  # optimizer state: checkpoints only

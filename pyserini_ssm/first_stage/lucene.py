@@ -10,13 +10,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from pyserini_ssm.errors import UserError, first_line
+from pyserini_ssm.files import check_output_folder, make_temporary_folder
 from pyserini_ssm.java import ensure_java
 from pyserini_ssm.runs import Hit
 
@@ -195,8 +195,9 @@ def build_index(
         raise UserError(f"index folder already exists and is not empty: {index_dir} (remove it or choose another)")
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
+    check_output_folder(parent, "--index")
     source = Path(input_path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=parent))
+    staging = make_temporary_folder(parent, f".{index_dir.name}.")  # the umask's mode, as the finished index has
     try:
         if multifield and collection not in (None, BEIR_MULTIFIELD):
             raise UserError(f"--multifield indexes a BEIR corpus as {BEIR_MULTIFIELD}; it cannot be combined with "

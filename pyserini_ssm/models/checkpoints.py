@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pyserini_ssm.errors import UserError, first_line
+from pyserini_ssm.files import check_output_folder, make_temporary_folder, writing
 from pyserini_ssm.models.registry import REGISTRY, ModelSpec, get_spec
 from pyserini_ssm.models.scoring import ENCODER_MODEL_TYPES, MAMBA_FAMILIES
 
@@ -470,31 +471,33 @@ def write_reranker_dir(directory: str | os.PathLike, *, spec: ModelSpec, backbon
         raise UserError(f"output folder's parent does not exist: {parent}")
     if directory.exists() and not directory.is_dir():
         raise UserError(f"output path is a file, not a folder: {directory}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+    check_output_folder(parent)
+    staging = make_temporary_folder(parent, prefix=f".{directory.name}.tmp-")  # the umask's mode, not mkdtemp's 0700
     try:
-        backbone_hf.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        save_file({"weight": head.weight.detach().float().cpu().contiguous(),
-                   "bias": head.bias.detach().float().cpu().contiguous()}, str(staging / HEAD_FILE))
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "spec": spec.to_dict(),
-            "template": spec.template,
-            "pooling": spec.pooling,
-            "max_length": spec.max_length,
-            "head_trained": bool(head_trained),
-        }
-        if extra:
-            meta.update(_jsonable(extra))
-        (staging / RERANKER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if directory.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=parent))
-            os.replace(directory, retired / "previous")
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+        with writing(directory):  # a full disk or a file-size limit: one line, and the staging folder removed
+            backbone_hf.save_pretrained(str(staging), safe_serialization=True)
+            tokenizer.save_pretrained(str(staging))
+            save_file({"weight": head.weight.detach().float().cpu().contiguous(),
+                       "bias": head.bias.detach().float().cpu().contiguous()}, str(staging / HEAD_FILE))
+            meta = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "spec": spec.to_dict(),
+                "template": spec.template,
+                "pooling": spec.pooling,
+                "max_length": spec.max_length,
+                "head_trained": bool(head_trained),
+            }
+            if extra:
+                meta.update(_jsonable(extra))
+            (staging / RERANKER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            if directory.exists():
+                retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=parent))
+                os.replace(directory, retired / "previous")
+                os.replace(staging, directory)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
