@@ -811,6 +811,10 @@ def _validate(config: RerankConfig) -> None:
                             "run, or --candidates")
         if not config.topics:
             raise UserError("--topics is needed with --index: the query texts (a Pyserini name or a file)")
+        if config.source == "index":
+            from pyserini_ssm.first_stage.lucene import check_bm25_parameters
+
+            check_bm25_parameters(config.bm25_k1, config.bm25_b)
     for flag, value in (("--candidates", config.candidates), ("--run", config.run)):
         if value and not Path(value).is_file():
             raise UserError(f"{flag} file not found: {value}")

@@ -254,3 +254,126 @@ def test_only_rank_0_prints_a_user_error(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     status, text = _captured_stderr(lambda: run_main(bad, []))
     assert status == 2 and text == "error: --hits must be >= 1\n"
+
+
+# ------------------------------------------------------------------------------------------ item 9: BM25 ranges
+
+
+@pytest.mark.parametrize("k1, b, message", [(-1.0, 0.4, "k1 must be a finite number >= 0"),
+                                            (0.9, 2.0, "b must be between 0 and 1"),
+                                            (0.9, -0.1, "b must be between 0 and 1")])
+def test_bm25_parameters_out_of_range_fail_before_the_jvm(tmp_path, k1, b, message):
+    from pyserini_ssm import search
+    from pyserini_ssm.cli import run_main
+
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("q0\thello\n")
+    argv = ["--index", str(tmp_path / "no-index"), "--topics", str(topics), "--output", str(tmp_path / "run.txt"),
+            "--k1", str(k1), "--b", str(b)]
+    status, text = _captured_stderr(lambda: run_main(search.main, argv))
+    assert status == 2 and message in _one_error_line(text)  # not "no index": checked first, no JVM needed
+
+
+def test_training_bm25_parameters_are_checked_with_the_data_source(tmp_path):
+    from pyserini_ssm.training.data import DataSource
+
+    with pytest.raises(UserError, match="--bm25-b must be between 0 and 1"):
+        DataSource(train_jsonl=str(tmp_path / "t.jsonl"), index=str(tmp_path), bm25_b=2.0).validate()
+
+
+# ----------------------------------------------------------------- items 4, 12: corpus lines, gzip, duplicates
+
+
+def _records(count: int, start: int = 0) -> list[bytes]:
+    return [json.dumps({"id": f"d{i}", "contents": f"document number {i} about topic {i % 3}"}).encode() + b"\n"
+            for i in range(start, start + count)]
+
+
+def test_a_bad_json_line_names_its_line_and_byte_before_the_jvm(tmp_path):
+    from pyserini_ssm.first_stage.lucene import build_index
+
+    lines = _records(3)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b"".join(lines[:2]) + b'{"id": "bad", "contents": \n' + lines[2])
+    offset = len(lines[0]) + len(lines[1])
+    with pytest.raises(UserError, match=rf"corpus.jsonl:3 \(byte {offset}\): not valid JSON .*--skip-bad-lines"):
+        build_index(corpus, tmp_path / "index")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]  # no staging folder left
+
+
+def test_a_truncated_gzip_is_detected_by_its_intact_first_records_and_named(tmp_path):
+    import gzip
+
+    from pyserini_ssm.first_stage.corpus import check_corpus
+    from pyserini_ssm.first_stage.lucene import JSON_COLLECTION, build_index, detect_collection
+
+    whole = gzip.compress(b"".join(_records(2000)))
+    corpus = tmp_path / "corpus.jsonl.gz"
+    corpus.write_bytes(whole[: len(whole) // 2])
+    assert detect_collection(corpus)[0] == JSON_COLLECTION  # was: "cannot tell the corpus format"
+    with pytest.raises(UserError, match=r"corpus.jsonl.gz: the gzip data ends early after line \d+ \(byte \d+"):
+        build_index(corpus, tmp_path / "index")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    files, scan = check_corpus([corpus], JSON_COLLECTION, staging, skip_bad_lines=True)
+    assert scan.truncated_files == [str(corpus)] and 0 < scan.kept < 2000
+    kept = files[0].read_bytes().splitlines()
+    assert len(kept) == scan.kept and all(json.loads(line)["id"] == f"d{i}" for i, line in enumerate(kept))
+
+
+def test_skip_bad_lines_and_duplicate_docids_keep_the_valid_first_records(tmp_path):
+    from pyserini_ssm.first_stage.corpus import check_corpus
+    from pyserini_ssm.first_stage.lucene import JSON_COLLECTION
+
+    records = _records(5)
+    corpus = tmp_path / "corpus.jsonl"
+    repeated = json.dumps({"id": "d1", "contents": "a later record of d1"}).encode() + b"\n"
+    corpus.write_bytes(b"".join(records[:3]) + b"not json\n" + b'\xff{"id": "x"}\n' + repeated + b"".join(records[3:]))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(UserError, match=r"corpus.jsonl:4 \(byte \d+\): not valid JSON"):
+        check_corpus([corpus], JSON_COLLECTION, staging)
+    files, scan = check_corpus([corpus], JSON_COLLECTION, staging, skip_bad_lines=True)
+    assert (scan.kept, scan.bad_lines, scan.duplicates, scan.first_duplicate) == (5, 2, 1, "d1")
+    assert files[0].read_bytes() == b"".join(records)  # the first d1 kept, bad lines dropped
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(b"".join(records))
+    assert check_corpus([clean], JSON_COLLECTION, staging)[0] == [clean]  # a clean file is indexed as it is
+
+
+def test_runs_and_candidates_keep_the_first_entry_of_a_repeated_docid(tmp_path, caplog):
+    from pyserini_ssm.runs import Hit, read_run
+
+    run = tmp_path / "dup.run"
+    run.write_text("1 Q0 d 1 3.0 t\n1 Q0 e 2 2.0 t\n1 Q0 d 3 1.0 t\n")
+    with caplog.at_level("WARNING"):
+        assert read_run(run) == {"1": [Hit("d", 3.0), Hit("e", 2.0)]}
+    assert "1 repeated (query, document) entry dropped" in caplog.text
+
+
+@pytest.mark.java
+def test_index_drops_duplicates_search_agrees_and_unknown_fields_are_named(tmp_path, capsys):
+    """One JVM: `index --skip-bad-lines` over records repeated five times and a bad line (was: "indexed 25
+    documents"), then `search` with an unknown field (was: an empty run, exit 0) and a normal one, whose run our own
+    readers accept: one entry per docid."""
+    from pyserini_ssm import index, search
+    from pyserini_ssm.cli import run_main
+    from pyserini_ssm.runs import read_run
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b"".join(_records(5)) * 5 + b"{broken\n")
+    assert run_main(index.main, ["--input", str(corpus), "--index", str(tmp_path / "idx"), "--skip-bad-lines",
+                                 "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "indexed 5 documents" in printed and "duplicate docids dropped 20" in printed
+    assert "bad lines dropped 1" in printed
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("q0\tdocument topic\n")
+    run = tmp_path / "run.txt"
+    argv = ["--index", str(tmp_path / "idx"), "--topics", str(topics), "--output", str(run), "--threads", "1"]
+    status = run_main(search.main, argv + ["--fields", "nosuchfield=1.0"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert status == 2 and "no field 'nosuchfield'" in line and "contents" in line and not run.exists()
+    assert run_main(search.main, argv) == 0
+    hits = read_run(run)["q0"]
+    assert sorted(hit.docid for hit in hits) == [f"d{i}" for i in range(5)]
