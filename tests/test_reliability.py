@@ -377,3 +377,261 @@ def test_index_drops_duplicates_search_agrees_and_unknown_fields_are_named(tmp_p
     assert run_main(search.main, argv) == 0
     hits = read_run(run)["q0"]
     assert sorted(hit.docid for hit in hits) == [f"d{i}" for i in range(5)]
+
+
+# ----------------------------------------------------------------------------------- item 10: damaged checkpoints
+
+
+def _copy_of(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def test_a_truncated_model_safetensors_is_named(tiny_reranker, tmp_path):
+    from pyserini_ssm.models.checkpoints import load_checkpoint
+
+    model = _copy_of(tiny_reranker("encoder"), tmp_path)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"model.safetensors is truncated: \d+ bytes, its header needs \d+"):
+        load_checkpoint(model)
+    weights.write_bytes(b"\x05")
+    with pytest.raises(UserError, match="model.safetensors is not a valid safetensors file"):
+        load_checkpoint(model)
+
+
+def test_a_corrupt_config_json_is_named_not_the_tokenizer(tiny_reranker, tmp_path):
+    from pyserini_ssm.models.checkpoints import load_checkpoint
+
+    model = _copy_of(tiny_reranker("encoder"), tmp_path)
+    (model / "config.json").write_text('{"model_type": "bert", ')
+    with pytest.raises(UserError, match=r"config.json is not valid JSON") as error:
+        load_checkpoint(model)
+    assert "tokenizer" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------- item 11: binary training files
+
+
+def test_a_binary_or_non_utf8_training_file_is_one_line(tmp_path):
+    from pyserini_ssm.training.data import read_training_jsonl
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"query": "caf\xe9", "positives": ["x"]}\n')
+    with pytest.raises(UserError, match=r"latin.jsonl:1: not valid UTF-8"):
+        read_training_jsonl(latin)
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match=r"weights.bin:\d+: not valid UTF-8|weights.bin:1: not valid JSON"):
+        read_training_jsonl(binary)
+
+
+# ------------------------------------------------------------------------- item 14, 16: training on disk, SIGTERM
+
+
+def _train_config(model, output, **overrides):
+    from pyserini_ssm.training.loop import TrainConfig
+
+    values = dict(model=str(model), output=str(output), group_size=2, batch_size=2, lr=1e-3, max_steps=2,
+                  max_length=32, progress=False)
+    return TrainConfig(**(values | overrides))
+
+
+def _examples():
+    from pyserini_ssm.training.data import TrainingExample
+
+    return [TrainingExample(f"query {i}", [f"relevant text {i}"], [f"other text {i}", f"more text {i}"], str(i))
+            for i in range(4)]
+
+
+def test_training_leaves_no_optimizer_state_in_the_model_and_no_stale_temporaries(tiny_reranker, tmp_path):
+    from pyserini_ssm.training.loop import FINAL_SUMMARY, train
+
+    model = tiny_reranker("encoder")
+    output = tmp_path / "run"
+    first = train(_train_config(model, output, max_steps=2, stop_after_steps=1), _examples())
+    assert first.steps == 1 and (output / "checkpoint-1" / "trainer_state.pt").is_file()
+    stale = output / f".checkpoint-2.tmp-{os.getpid() + 1}"  # what a kill -9 during a checkpoint write leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    second = train(_train_config(model, output, max_steps=2, resume=True), _examples())
+    assert second.steps == 2 and not stale.exists()
+    assert not (output / "model" / "trainer_state.pt").exists()  # the optimizer state stays in checkpoints
+    summary = json.loads((output / "model" / FINAL_SUMMARY).read_text())
+    assert summary["step"] == 2 and "optimizer" not in summary
+    again = train(_train_config(model, output, max_steps=2, resume=True), _examples())  # a finished run
+    assert again.steps == 2 and again.losses == []
+    with pytest.raises(UserError, match="keeps no optimizer state"):
+        train(_train_config(model, output, max_steps=4, resume=True), _examples())
+
+
+def test_a_failed_training_start_leaves_no_output_folder(tmp_path):
+    from pyserini_ssm.training.loop import train
+
+    output = tmp_path / "never"
+    with pytest.raises(UserError):
+        train(_train_config("no-such-model-anywhere", output), _examples())
+    assert not output.exists()
+
+
+@pytest.mark.slow  # a training subprocess: ~20 s on 2 busy cores
+def test_sigterm_during_training_checkpoints_at_a_step_and_exits_143(tiny_reranker, tmp_path):
+    """A real SIGTERM to a real `python -m pyserini_ssm.train`: it finishes the step, writes checkpoint-N and exits
+    143 with one line; --resume then completes the run."""
+    import signal
+    import time
+
+    from pyserini_ssm.training.data import write_training_jsonl
+
+    data = tmp_path / "train.jsonl"
+    write_training_jsonl(_examples() * 50, data)
+    output = tmp_path / "run"
+    argv = [sys.executable, "-m", "pyserini_ssm.train", "--train-jsonl", str(data), "--model",
+            str(tiny_reranker("encoder")), "--output", str(output), "--group-size", "2", "--batch-size", "1",
+            "--max-steps", "100000", "--max-length", "32", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    log = output / "train_log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "terminated by SIGTERM" in stderr and "Traceback" not in stderr
+    checkpoints = [p for p in output.iterdir() if p.name.startswith("checkpoint-")]
+    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.pt").is_file()
+    assert not [p for p in output.iterdir() if ".tmp-" in p.name]
+
+
+def test_the_jvm_is_started_without_its_own_signal_handlers_and_crash_files_go_to_tmp():
+    """-Xrs: a SIGTERM reaches Python's handler, not the JVM's shutdown (which crashed libtorch once); checked on
+    the options, without starting a JVM."""
+    done = _run_cli("""
+        import jnius_config
+        from pyserini_ssm.java import ensure_java
+        ensure_java()
+        print(jnius_config.options)
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "-Xrs" in done.stdout and "-XX:ErrorFile=" in done.stdout and "hs_err_pid%p.log" in done.stdout
+    assert "hs_err_pid*.log" in (REPO_ROOT / ".gitignore").read_text()
+
+
+# ---------------------------------------------------------------------------------------- item 18: test ports
+
+
+def test_no_test_hard_codes_a_master_port():
+    import re
+
+    for path in (REPO_ROOT / "tests").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"--master[-_]port[\"']?,\s*[\"']\d+", text), path
+        assert not re.search(r"MASTER_PORT[\"']?\]?\s*[:=]\s*[\"']\d+", text), path
+
+
+# ------------------------------------------------------------------------ item 19: int32 indexing in the kernels
+
+
+def _mamba2_780m_config():
+    from pyserini_ssm.models import mamba as M
+
+    return M.hf_config_from_state_spaces({
+        "d_model": 1536, "d_intermediate": 0, "n_layer": 1, "vocab_size": 100,
+        "ssm_cfg": {"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 1}, "attn_layer_idx": [],
+        "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+        "pad_vocab_size_multiple": 16, "tie_embeddings": True})
+
+
+def test_widest_activation_per_family():
+    from types import SimpleNamespace
+
+    from pyserini_ssm.models.scoring import widest_activation
+
+    assert widest_activation(_mamba2_780m_config()) == 2 * 3072 + 2 * 1 * 128 + 48 == 6448  # the crash's in_proj
+    assert widest_activation(SimpleNamespace(model_type="mamba", hidden_size=768, intermediate_size=1536)) == 3072
+    assert widest_activation(SimpleNamespace(model_type="bert", hidden_size=384, intermediate_size=1536)) == 1536
+    assert widest_activation(SimpleNamespace(model_type="opt", hidden_size=1024, word_embed_proj_dim=512,
+                                             ffn_dim=4096)) == 4096
+    assert widest_activation(SimpleNamespace(model_type="gpt2", n_embd=768, n_inner=None)) == 3072
+
+
+def test_the_batch_planner_keeps_every_forward_under_2_to_the_31_elements():
+    """The crash: 128 padded pairs x 4,096 tokens x 6,448 in_proj outputs = 3.4e9 elements. Planned with the
+    model's width, every padded batch (rows x longest) and every packed row stays under 2^31, and nothing is lost."""
+    import random
+
+    from pyserini_ssm.ops.batching import INT32_ELEMENTS, int32_token_cap, length_sorted_batches, pack_sequences
+
+    width = 6448
+    lengths = [4096] * 128
+    assert len(length_sorted_batches(lengths, 128)) == 1  # the old plan: one forward of 3.4e9 elements
+    batches = length_sorted_batches(lengths, 128, activation_width=width)
+    assert [len(batch) for batch in batches] == [81, 47]  # 81 x 4096 x 6448 = 2.139e9 < 2^31 <= 82 x ...
+    assert 81 * 4096 * width < INT32_ELEMENTS <= 82 * 4096 * width
+    rng = random.Random(0)
+    mixed = [rng.randint(1, 8192) for _ in range(2000)]
+    for max_tokens in (None, 10**9):
+        planned = length_sorted_batches(mixed, 512, max_tokens, activation_width=width)
+        assert sorted(i for batch in planned for i in batch) == list(range(len(mixed)))
+        assert all(len(batch) * max(mixed[i] for i in batch) * width < INT32_ELEMENTS for batch in planned)
+    rows = pack_sequences(mixed, 10**7, activation_width=width)
+    assert sorted(i for row in rows for i in row) == list(range(len(mixed)))
+    assert all(sum(mixed[i] for i in row) * width < INT32_ELEMENTS for row in rows)
+    assert max(sum(mixed[i] for i in row) for row in rows) <= int32_token_cap(width)
+    with pytest.raises(ValueError, match="past 2\\^31"):
+        length_sorted_batches([int32_token_cap(width) + 1], 1, activation_width=width)
+
+
+def test_the_reranker_plans_its_forwards_with_the_models_width(tiny_reranker, monkeypatch):
+    """score_encoded passes the model's width to the planner: with a width that allows 100 tokens a forward, every
+    forward the model sees is at most 100 tokens (rows x padded length), and the scores equal an uncapped run's."""
+    import numpy as np
+
+    from pyserini_ssm.models import reranker as reranker_module
+    from pyserini_ssm.models.reranker import Reranker
+
+    model = Reranker.from_pretrained(str(tiny_reranker("encoder")), device="cpu")
+    pairs = [("query", "word " * (3 + 2 * i)) for i in range(12)]
+    uncapped = model.predict(pairs, batch_size=12)
+    shapes = []
+    original = model.model.forward
+    monkeypatch.setattr(model.model, "forward", lambda batch: shapes.append(tuple(batch["input_ids"].shape))
+                        or original(batch))
+    monkeypatch.setattr(reranker_module, "widest_activation", lambda config: (2**31 - 1) // 100)
+    capped = model.predict(pairs, batch_size=12)
+    assert len(shapes) > 1 and all(rows * length <= 100 for rows, length in shapes)
+    np.testing.assert_allclose(capped, uncapped, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_mamba2_780m_width_at_4096_tokens_x_128_pairs_runs_under_the_cap():
+    """On CUDA with mamba_ssm: the shape that killed the CUDA context (mamba2-780m widths, 128 pairs x 4,096
+    tokens) planned with the cap runs, every score finite and equal to the same pair scored alone."""
+    import torch
+
+    from pyserini_ssm.models import mamba as M
+    from pyserini_ssm.models.scoring import widest_activation
+    from pyserini_ssm.ops.batching import length_sorted_batches
+
+    if not M.mamba_ssm_available():
+        pytest.skip("mamba_ssm / causal_conv1d not importable")
+    import transformers
+
+    config = _mamba2_780m_config()
+    torch.manual_seed(0)
+    backbone = M.build_mamba_backbone(transformers.Mamba2ForCausalLM(config).eval(), "cuda").to(torch.bfloat16)
+    input_ids = torch.randint(0, 100, (128, 4096), generator=torch.Generator().manual_seed(1))
+    batches = length_sorted_batches([4096] * 128, 128, activation_width=widest_activation(config))
+    assert max(len(batch) for batch in batches) == 81
+    with torch.no_grad():
+        last = torch.cat([backbone(input_ids[batch].cuda())[:, -1].float() for batch in batches])
+        alone = backbone(input_ids[batches[0][:1]].cuda())[:, -1].float()
+    torch.cuda.synchronize()
+    assert torch.isfinite(last).all()
+    torch.testing.assert_close(last[:1], alone, rtol=5e-2, atol=5e-2)
