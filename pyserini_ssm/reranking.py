@@ -546,7 +546,10 @@ class PartialRun:
         self.done[group] = offset
 
     def close(self) -> None:
-        self._handle.close()
+        # Every committed line was flushed and fsynced: what a failed write (a full disk) left in the buffer is a
+        # torn last line, which resuming drops. Closing must not replace that write's one-line error.
+        with contextlib.suppress(OSError):
+            self._handle.close()
 
 
 def _append_line(handle: Any, line: str) -> None:

@@ -635,3 +635,21 @@ def test_mamba2_780m_width_at_4096_tokens_x_128_pairs_runs_under_the_cap():
     torch.cuda.synchronize()
     assert torch.isfinite(last).all()
     torch.testing.assert_close(last[:1], alone, rtol=5e-2, atol=5e-2)
+
+
+def test_a_full_disk_while_reranking_is_one_line_and_the_progress_resumes(full_folder):
+    """The rerank progress file filling a real 64 KiB tmpfs: one line naming it; the torn last line is dropped when
+    the same file is opened again (the audit's rerun after freeing space was byte-identical)."""
+    from pyserini_ssm.reranking import PartialRun
+
+    path = full_folder / "run.txt.partial"
+    partial = PartialRun.open(path, {"model": "m"})
+    text = "q Q0 d 1 1.000000 t\n" * 200
+    with pytest.raises(UserError, match=r"cannot write .*run.txt.partial: no space left on the device"):
+        for group in range(100):
+            partial.commit(group, ["q"], text)
+    partial.close()
+    committed = partial.done
+    reopened = PartialRun.open(path, {"model": "m"})
+    assert sorted(reopened.done) == sorted(committed)[: len(reopened.done)] and len(reopened.done) >= 1
+    reopened.close()
