@@ -15,7 +15,6 @@ import io
 import os
 import re
 import resource
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -30,8 +29,9 @@ _STORAGE_ERRORS = {
     errno.EDQUOT: ("disk quota exceeded", "free space within your quota on {folder} (quota -s) or write elsewhere"),
     errno.EFBIG: ("file too large for the file-size limit", "raise the limit (ulimit -f unlimited) or write elsewhere"),
     errno.EROFS: ("read-only file system", "write to a writable folder (or remount {folder} read-write)"),
-    errno.EACCES: ("permission denied", "make {folder} writable for you (chmod/chown) or write elsewhere"),
-    errno.EPERM: ("operation not permitted", "make {folder} writable for you (chattr -i, chmod) or write elsewhere"),
+    errno.EACCES: ("permission denied", "give yourself access to {folder} (chmod/chown) or use another folder"),
+    errno.EPERM: ("operation not permitted", "give yourself access to {folder} (chattr -i, chmod) or use another "
+                  "folder"),
 }
 STORAGE_ERRNOS = frozenset(_STORAGE_ERRORS)
 # What a write (not an open) can fail with: space and size.
@@ -146,11 +146,6 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise UserError(f"output path is a folder: {path} (give a file name)")
     check_output_folder(path.parent if str(path.parent) else Path("."))
     return path
-
-
-def remove_tree(path: str | os.PathLike) -> None:
-    """Remove a folder we made (a staging folder), whatever it holds; a missing one is fine."""
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -4,12 +4,14 @@
 `Terminated` at once, in Python code: Java calls (BM25 mining) return first, so the JVM stays alive, and
 `atomic_output` removes its temporary file as for any exception. Inside `deferred()` (a training step) the request is
 only recorded: the loop checks `requested()` between steps, writes a checkpoint and raises `Terminated` itself.
-The JVM must not handle SIGTERM itself (`java.py` starts it with -Xrs).
+A second SIGTERM ends the process at once (the default action), for a sender that will not wait. The JVM must not
+handle SIGTERM itself (`java.py` starts it with -Xrs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator
@@ -31,6 +33,10 @@ def requested() -> bool:
 
 
 def _handle(signum, frame) -> None:  # noqa: ARG001  (signal handler signature)
+    if _state["requested"]:  # a second SIGTERM: the sender will not wait for the safe point; die now
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     _state["requested"] = True
     if not _state["deferring"]:
         raise Terminated()

@@ -653,3 +653,34 @@ def test_a_full_disk_while_reranking_is_one_line_and_the_progress_resumes(full_f
     reopened = PartialRun.open(path, {"model": "m"})
     assert sorted(reopened.done) == sorted(committed)[: len(reopened.done)] and len(reopened.done) >= 1
     reopened.close()
+
+
+def test_a_training_micro_batch_past_the_int32_cap_is_refused_before_the_forward(tiny_reranker, monkeypatch):
+    from pyserini_ssm.models import reranker as reranker_module
+    from pyserini_ssm.models.reranker import Reranker
+    from pyserini_ssm.training.data import TrainingGroup
+    from pyserini_ssm.training.loop import PairBatcher
+
+    monkeypatch.setattr(reranker_module, "widest_activation", lambda config: (2**31 - 1) // 40)  # 40 tokens
+    reranker = Reranker.from_pretrained(str(tiny_reranker("encoder")), device="cpu")
+    batcher = PairBatcher(reranker, _train_config("unused", "unused"), reranker.device)
+    assert batcher([TrainingGroup("q", ("short",))])["input_ids"].numel() <= 40
+    with pytest.raises(UserError, match="lower --batch-size and raise --grad-accum"):
+        batcher([TrainingGroup("a longer query", tuple("a document of several words" for _ in range(8)))])
+
+
+def test_sigterm_raises_outside_a_safe_region_and_waits_inside_one():
+    import signal
+
+    from pyserini_ssm import stopping
+
+    with stopping.graceful_sigterm():
+        with stopping.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # the handler runs between bytecodes
+            assert stopping.requested()  # recorded, not raised: the step goes on
+    with pytest.raises(stopping.Terminated):
+        with stopping.graceful_sigterm():
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back

@@ -304,6 +304,7 @@ class PairBatcher:
             raise UserError("--pack needs a Mamba-2 model on a CUDA device (mamba-ssm kernels with seq_idx)")
         self.pad_id = int(reranker.pad_id)
         self._query_cut: dict[str, str] = {}
+        self.activation_width = getattr(reranker, "activation_width", None)
 
     def _cut(self, text: str, limit: int | None) -> str:
         """The prefix of `text` holding its first `limit` tokens (whole text when shorter)."""
@@ -325,9 +326,25 @@ class PairBatcher:
                 query = self._query_cut.setdefault(group.query, self._cut(group.query, self.max_query_length))
             pairs.extend((query, self._cut(document, self.max_doc_length)) for document in group.documents)
         encoded = self.encoder.encode_many(pairs)
+        self._check_int32_cap(encoded)
         if self.pack:
             return pack_batch(encoded, device=self.device)  # one row; scores come back in pair order
         return pad_batch(encoded, self.pad_id, device=self.device)
+
+    def _check_int32_cap(self, encoded: Sequence[Any]) -> None:
+        """A micro-batch is one forward (its groups share one loss): past 2^31 elements of the widest activation,
+        mamba_ssm's int32-indexed kernels would read out of bounds and kill the CUDA context, so refuse it."""
+        from pyserini_ssm.ops.batching import int32_token_cap
+
+        if not self.activation_width or not encoded:
+            return
+        lengths = [len(item.input_ids) for item in encoded]
+        tokens = sum(lengths) if self.pack else len(lengths) * max(lengths)
+        if tokens > int32_token_cap(self.activation_width):
+            raise UserError(f"a micro-batch of {len(lengths)} pairs ({tokens} tokens x {self.activation_width} "
+                            "activations) is past 2^31 elements, which mamba_ssm's kernels cannot index: lower "
+                            "--batch-size and raise --grad-accum to keep the same global batch (or lower "
+                            "--max-length)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
