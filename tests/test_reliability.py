@@ -108,9 +108,8 @@ def test_atomic_output_in_a_read_only_folder_is_one_line_naming_it(read_only_fol
 
 
 def test_every_writing_command_refuses_a_read_only_output_folder_up_front(read_only_folder, tmp_path):
-    """fuse, search, leaderboard, index, init, train: exit 2, one line naming the folder, before any model or JVM
-    (rerank goes through the same check_output_path; test_rerank_cli covers its other flags)."""
-    from pyserini_ssm import fuse, index, init, leaderboard, search, train
+    """All seven writers: exit 2, one line naming the folder, before any model, data or JVM."""
+    from pyserini_ssm import fuse, index, init, leaderboard, rerank, search, train
     from pyserini_ssm.cli import run_main
 
     run = _write_run(tmp_path / "a.txt")
@@ -120,6 +119,9 @@ def test_every_writing_command_refuses_a_read_only_output_folder_up_front(read_o
     topics.write_text("q0\thello\n")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"id": "d0", "contents": "hello"}\n')
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps([{"query": "hello", "qid": "q0", "hits": [
+        {"docid": "d0", "qid": "q0", "score": 1.0, "content": "hello world", "rank": 1}]}]))
     commands = [
         (fuse.main, ["--runs", str(run), str(run), "--output", str(read_only_folder / "fused.txt")]),
         (search.main, ["--index", str(tmp_path), "--topics", str(topics), "--output", str(read_only_folder / "r")]),
@@ -127,6 +129,8 @@ def test_every_writing_command_refuses_a_read_only_output_folder_up_front(read_o
         (index.main, ["--input", str(corpus), "--index", str(read_only_folder / "idx")]),
         (init.main, ["--model", "bert-base", "--scale", "tiny", "--output", str(read_only_folder / "m")]),
         (train.main, ["--train-jsonl", str(corpus), "--model", "bert-base", "--output", str(read_only_folder / "t")]),
+        (rerank.main, ["--candidates", str(candidates), "--model", "bert-base", "--output",
+                       str(read_only_folder / "reranked.txt")]),
     ]
     for main, argv in commands:
         stderr = _captured_stderr(lambda: run_main(main, argv))
