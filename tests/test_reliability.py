@@ -688,3 +688,42 @@ def test_sigterm_raises_outside_a_safe_region_and_waits_inside_one():
             os.kill(os.getpid(), signal.SIGTERM)
             sum(range(1000))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+
+
+@pytest.mark.java
+@pytest.mark.slow  # a JVM and torch in one subprocess: ~25 s on 2 busy cores
+def test_sigterm_with_the_jvm_loaded_stops_at_a_safe_point(tmp_path):
+    """The crash of item 16 (SIGSEGV in libtorch after the JVM's own SIGTERM shutdown): with the JVM started (as
+    `train --index` starts it to mine) and torch computing in deferred steps, a SIGTERM ends at a step boundary
+    with exit 143, one line, and no hs_err_pid*.log in the working folder."""
+    import signal
+    import time
+
+    script = textwrap.dedent("""
+        import sys, torch
+        from pyserini_ssm import stopping
+        from pyserini_ssm.cli import run_main
+        def main(argv):
+            from pyserini_ssm.first_stage.lucene import _java_classes
+            _java_classes()("java.util.ArrayList")()
+            x = torch.randn(128, 128)
+            print("ready", flush=True)
+            while True:
+                with stopping.deferred():
+                    for _ in range(20):
+                        x = torch.tanh(x @ x)
+                if stopping.requested():
+                    print("stopped at a step boundary", flush=True)
+                    raise stopping.Terminated()
+        sys.exit(run_main(main))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "stopped at a step boundary" in stdout and "terminated by SIGTERM" in stderr
+    assert not list(tmp_path.glob("hs_err_pid*.log"))
