@@ -23,8 +23,7 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     (`files.writing`) is one such line too. Under torchrun only rank 0 prints it; every rank exits 2. A SIGTERM
     stops the command at a safe point (`pyserini_ssm.stopping`) with exit status 143.
     """
-    from pyserini_ssm.files import storage_error_message
-    from pyserini_ssm.stopping import EXIT_TERMINATED, Terminated, graceful_sigterm
+    from pyserini_ssm.stopping import EXIT_TERMINATED, Terminated, graceful_sigterm  # stdlib only: --help stays fast
 
     try:
         with graceful_sigterm():
@@ -36,6 +35,8 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         _report(str(error))
         return EXIT_USER_ERROR
     except OSError as error:
+        from pyserini_ssm.files import storage_error_message
+
         message = storage_error_message(error, verb="use")
         if message is None:
             raise
