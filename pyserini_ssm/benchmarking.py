@@ -437,16 +437,28 @@ def max_tokens_per_call(model: Any) -> int:
 
 
 def inference_groups(method: str, lengths: Sequence[int], batch_size: int, token_budget: int,
-                     seed: int = 0) -> list[list[int]]:
-    from pyserini_ssm.ops.batching import length_sorted_batches, pack_sequences
+                     seed: int = 0, activation_width: int | None = None) -> list[list[int]]:
+    """The forwards of one method; `activation_width` keeps each under 2^31 elements (see `int32_token_cap`)."""
+    from pyserini_ssm.ops.batching import int32_token_cap, length_sorted_batches, pack_sequences
 
     if method == "padded-random":
         order = np.random.default_rng(seed).permutation(len(lengths)).tolist()
-        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        cap = int32_token_cap(activation_width) if activation_width else None
+        groups: list[list[int]] = [[]]
+        longest = 0
+        for index in order:
+            width = max(longest, int(lengths[index]))
+            full = len(groups[-1]) >= batch_size or (cap is not None and width * (len(groups[-1]) + 1) > cap)
+            if groups[-1] and full:
+                groups.append([])
+                width = int(lengths[index])
+            groups[-1].append(index)
+            longest = width
+        return [group for group in groups if group]
     if method == "sorted":
-        return length_sorted_batches(lengths, batch_size)
+        return length_sorted_batches(lengths, batch_size, activation_width=activation_width)
     if method == "packed":
-        return pack_sequences(lengths, token_budget)
+        return pack_sequences(lengths, token_budget, activation_width=activation_width)
     raise ValueError(f"unknown inference method {method!r}; expected one of {', '.join(METHODS)}")
 
 
@@ -531,7 +543,8 @@ def measure_inference(reranker: Any, workload: Workload, *, methods: Sequence[st
                 continue
         else:
             mode, why = "padded", ""
-        groups = inference_groups(method, lengths, batch_size, token_budget, seed)
+        groups = inference_groups(method, lengths, batch_size, token_budget, seed,
+                                  activation_width=getattr(reranker, "activation_width", None))
         record = _base_record(reranker, "inference", method, workload,
                               batch_size=None if method == "packed" else batch_size,
                               token_budget=token_budget if method == "packed" else None,

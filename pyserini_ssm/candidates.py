@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from pyserini_ssm.errors import UserError
-from pyserini_ssm.runs import Hit, check_finite, is_token
+from pyserini_ssm.runs import Hit, check_finite, is_token, warn_duplicates
 
 _CHUNK = 1 << 20
 _WHITESPACE = " \t\n\r"
@@ -134,6 +134,7 @@ def _check_query(record: object, index: int, path: Path) -> CandidateQuery:
         raise UserError(f"{where}: 'qid' {record.get('qid')!r} is not a usable query id")
     parsed: list[Hit] = []
     seen: set[str] = set()
+    duplicates, repeated = 0, None
     for hit_index, hit in enumerate(hits):
         hit_where = f"{where} hit #{hit_index}"
         if not isinstance(hit, dict):
@@ -156,12 +157,16 @@ def _check_query(record: object, index: int, path: Path) -> CandidateQuery:
         if score is None:
             raise UserError(f"{hit_where}: score {hit['score']!r} is not a number")
         check_finite(score, hit_where)
-        if docid in seen:
-            raise UserError(f"{hit_where}: document {docid!r} appears twice for query {qid!r}")
+        if docid in seen:  # the one policy (runs.warn_duplicates): keep the first
+            duplicates += 1
+            repeated = repeated or docid
+            continue
         seen.add(docid)
         parsed.append(Hit(docid=docid, score=score, text=content))
     if qid is None:
         raise UserError(f"{where}: no query id (no hits and no 'qid' key)")
+    if duplicates:
+        warn_duplicates(where, duplicates, (qid, repeated))
     parsed.sort(key=lambda h: -h.score)  # stable: the file's order breaks ties
     return CandidateQuery(qid=qid, query=query, hits=parsed)
 

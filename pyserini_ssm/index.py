@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "multifield indexes (search them with --fields contents=1.0 title=1.0, the default "
                              "for such an index)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="indexing threads (default: all cores)")
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="index the valid lines of a corpus with bad ones (bad JSON, no id, not UTF-8, a truncated "
+                             "gzip), counting what was dropped (default: stop at the first, naming its line)")
     return parser
 
 
@@ -43,11 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     stats = build_index(args.input, args.index, collection=args.collection, threads=args.threads,
-                        multifield=args.multifield)
+                        multifield=args.multifield, skip_bad_lines=args.skip_bad_lines)
     elapsed = time.perf_counter() - start
+    dropped = f", duplicate docids dropped {stats.duplicates}" if stats.duplicates else ""
+    if args.skip_bad_lines:
+        dropped += f", bad lines dropped {stats.bad_lines}"
+        if stats.truncated_files:
+            dropped += f", truncated gzip files {len(stats.truncated_files)}"
     print(
         f"indexed {stats.indexed} documents as {stats.collection} into {stats.index_dir} in {elapsed:.1f} s "
-        f"(empty {stats.empty}, skipped {stats.skipped}, errors {stats.errors})"
+        f"(empty {stats.empty}, skipped {stats.skipped}, errors {stats.errors}{dropped})"
     )
     return 0
 

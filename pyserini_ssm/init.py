@@ -139,6 +139,7 @@ def init_checkpoint(model: str, scale: str, output: str | Path, tokenizer: Any =
 
     import torch
 
+    from pyserini_ssm.files import check_output_folder
     from pyserini_ssm.models.checkpoints import write_reranker_dir
     from pyserini_ssm.models.registry import get_spec
     from pyserini_ssm.models.reranker import init_untrained_head
@@ -151,6 +152,7 @@ def init_checkpoint(model: str, scale: str, output: str | Path, tokenizer: Any =
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError(f"output {output} already exists and is not an empty folder; choose another --output")
+    check_output_folder(output.parent if str(output.parent) else Path("."))  # before any tokenizer or model work
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         tokenizer = _tokenizer_or_hint(tokenizer, spec)
     ensure_added_tokens(tokenizer, get_template(spec.template))

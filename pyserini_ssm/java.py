@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,5 +170,25 @@ def ensure_java() -> JavaRuntime:
         os.environ["PATH"] = os.pathsep.join([bin_dir] + [p for p in path_entries if p and p != bin_dir])
     if not runtime.has_vector_module:
         _drop_vector_module_option()
+    _add_process_options()
     _chosen = runtime
     return runtime
+
+
+def _add_process_options() -> None:
+    """JVM options that keep a Python process in charge of itself.
+
+    `-Xrs`: the JVM installs no SIGTERM/SIGINT/SIGHUP handlers. Without it a SIGTERM runs the JVM's shutdown, which
+    exits the process under torch's running threads (seen: SIGSEGV in libtorch_cpu during `train --index`); with
+    it Python's own handlers (`pyserini_ssm.stopping`, KeyboardInterrupt) stop at a safe point. `-XX:ErrorFile`: a
+    JVM crash report goes to the temporary folder, never into the working directory (a repository checkout).
+    """
+    try:
+        import jnius_config
+    except ImportError:
+        return
+    if getattr(jnius_config, "vm_running", False):
+        return
+    error_file = f"-XX:ErrorFile={os.path.join(tempfile.gettempdir(), 'hs_err_pid%p.log')}"
+    wanted = ["-Xrs", error_file]
+    jnius_config.add_options(*(option for option in wanted if option not in jnius_config.options))

@@ -67,7 +67,7 @@ from pyserini_ssm.documents import (
     max_passage_run,
 )
 from pyserini_ssm.errors import UserError
-from pyserini_ssm.files import atomic_output, check_output_path
+from pyserini_ssm.files import SPACE_ERRNOS, atomic_output, check_output_path, writing
 from pyserini_ssm.runs import Hit, format_run_lines, ranking_key, written_score
 
 logger = logging.getLogger(__name__)
@@ -546,13 +546,17 @@ class PartialRun:
         self.done[group] = offset
 
     def close(self) -> None:
-        self._handle.close()
+        # Every committed line was flushed and fsynced: what a failed write (a full disk) left in the buffer is a
+        # torn last line, which resuming drops. Closing must not replace that write's one-line error.
+        with contextlib.suppress(OSError):
+            self._handle.close()
 
 
 def _append_line(handle: Any, line: str) -> None:
-    handle.write(line.encode("utf-8") + b"\n")
-    handle.flush()
-    os.fsync(handle.fileno())
+    with writing(handle.name, SPACE_ERRNOS):  # a full disk: one line (a torn last line is dropped on resume)
+        handle.write(line.encode("utf-8") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _json_roundtrip(value: Any) -> Any:
@@ -810,6 +814,10 @@ def _validate(config: RerankConfig) -> None:
                             "run, or --candidates")
         if not config.topics:
             raise UserError("--topics is needed with --index: the query texts (a Pyserini name or a file)")
+        if config.source == "index":
+            from pyserini_ssm.first_stage.lucene import check_bm25_parameters
+
+            check_bm25_parameters(config.bm25_k1, config.bm25_b)
     for flag, value in (("--candidates", config.candidates), ("--run", config.run)):
         if value and not Path(value).is_file():
             raise UserError(f"{flag} file not found: {value}")

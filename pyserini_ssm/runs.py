@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -11,6 +12,16 @@ from typing import Iterator, Mapping, Sequence
 
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import atomic_output, open_text
+
+log = logging.getLogger(__name__)
+
+
+def warn_duplicates(where: str, count: int, example: tuple[str, str] | None) -> None:
+    """The one policy for a docid repeated within a query (index, search, run and candidate readers): keep its
+    first entry, drop the others, and say how many were dropped."""
+    if count:
+        log.warning("%s: %d repeated (query, document) entr%s dropped, keeping the first of each (e.g. document %r "
+                    "of query %r)", where, count, "y" if count == 1 else "ies", example[1], example[0])
 
 
 @dataclass(slots=True)
@@ -71,10 +82,12 @@ def read_run(path: str | os.PathLike) -> dict[str, list[Hit]]:
     """Read a TREC run (6 whitespace-separated columns; .gz too) into qid -> hits, best first.
 
     Hits are ordered by score (highest first), ties by the file's rank column. Queries keep file order.
-    Raises UserError naming file:line for a malformed line or a (qid, docid) pair seen twice.
+    Raises UserError naming file:line for a malformed line. A (qid, docid) pair seen again keeps its first line,
+    with a warning and a count (`warn_duplicates`).
     """
     ranked: dict[str, list[tuple[float, int, Hit]]] = {}
     seen: dict[str, set[str]] = {}
+    duplicates, example = 0, None
     for line_number, line in read_numbered_lines(path):
         fields = split_columns(line)
         if not fields:
@@ -95,11 +108,14 @@ def read_run(path: str | os.PathLike) -> dict[str, list[Hit]]:
         check_finite(score, where)
         docids = seen.setdefault(qid, set())
         if docid in docids:
-            raise UserError(f"{where}: document {docid!r} appears twice for query {qid!r}")
+            duplicates += 1
+            example = example or (qid, docid)
+            continue
         docids.add(docid)
         ranked.setdefault(qid, []).append((-score, rank, Hit(docid, score)))
     if not ranked:
         raise UserError(f"{path}: the run file holds no results")
+    warn_duplicates(str(path), duplicates, example)
     results: dict[str, list[Hit]] = {}
     for qid, entries in ranked.items():
         entries.sort(key=lambda entry: (entry[0], entry[1]))

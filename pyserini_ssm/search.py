@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyserini_ssm.runs import format_run_lines, is_token
     from pyserini_ssm.topics import is_beir_topics, load_topics
 
+    from pyserini_ssm.first_stage.lucene import check_bm25_parameters
+
     check_output_path(args.output)
+    check_bm25_parameters(args.k1, args.b)
     for flag, value in (("--hits", args.hits), ("--threads", args.threads), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")

@@ -397,8 +397,9 @@ def test_two_gloo_processes_equal_one_with_accumulation_two(tiny_bert, tmp_path)
               "4", "--batch-size", "2", "--max-steps", "4", "--lr", "1e-3", "--max-length", "64",
               "--disable-dropout", "--no-progress"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", "29533", *common, "--output", str(tmp_path / "two")],
+    # --standalone: torchrun's own rendezvous on a free port (a fixed --master-port fails when anything holds it)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *common, "--output", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, *common, "--grad-accum", "2", "--output", str(tmp_path / "one")],
@@ -426,5 +427,4 @@ def test_lora_with_gradient_checkpointing_and_bf16_saves_a_merged_reranker(tiny_
     assert any(not torch.equal(trained[name], base[name]) for name in names)  # and they changed the backbone
     reranker = Reranker.from_pretrained(str(tmp_path / "lora" / "model"), device="cpu")
     assert reranker.predict([(QUERIES[0], POSITIVES[0])]).shape == (1,)
-    state = torch.load(tmp_path / "lora" / "model" / "trainer_state.pt", weights_only=True)
-    assert state["step"] == 2 and any("lora_" in name for name in state["trainable_state"])
+    assert not (tmp_path / "lora" / "model" / "trainer_state.pt").exists()  # optimizer state: checkpoints only

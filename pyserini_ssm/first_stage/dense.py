@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from pyserini_ssm.errors import UserError
+from pyserini_ssm.files import check_output_folder, make_temporary_folder
 from pyserini_ssm.runs import Hit
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,8 @@ def write_faiss_index(embeddings: np.ndarray, docids: Sequence[str], index_dir: 
     parent = index_dir.parent if str(index_dir.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"index parent folder does not exist: {parent} (create it first)")
-    staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=parent))
+    check_output_folder(parent, "--index")
+    staging = make_temporary_folder(parent, f".{index_dir.name}.")  # the umask's mode, not mkdtemp's 0700
     try:
         index = faiss.IndexFlatIP(embeddings.shape[1])
         index.add(np.ascontiguousarray(embeddings, dtype=np.float32))

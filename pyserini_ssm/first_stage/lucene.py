@@ -5,20 +5,22 @@ Every function here may start the JVM (once per process); `ensure_java()` runs f
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import logging
 import os
 import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from pyserini_ssm.errors import UserError, first_line
+from pyserini_ssm.files import check_output_folder, make_temporary_folder, storage_error_message
+from pyserini_ssm.first_stage.corpus import CorpusScan, check_corpus
 from pyserini_ssm.java import ensure_java
-from pyserini_ssm.runs import Hit
+from pyserini_ssm.runs import Hit, warn_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,17 @@ def parse_fields(specs: Iterable[str] | None) -> dict[str, float] | None:
                             "title=1.0")
         fields[name] = value
     return fields or None
+
+
+def check_bm25_parameters(k1: float, b: float, prefix: str = "--") -> None:
+    """BM25's valid range (k1 >= 0, 0 <= b <= 1), checked before the JVM: Lucene's BM25Similarity would throw an
+    IllegalArgumentException from deep inside the search."""
+    if not (k1 >= 0 and k1 != float("inf")):
+        raise UserError(f"{prefix}k1 must be a finite number >= 0 (BM25 term saturation), got {k1:g}; Pyserini's "
+                        "default is 0.9")
+    if not 0 <= b <= 1:
+        raise UserError(f"{prefix}b must be between 0 and 1 (BM25 length normalisation), got {b:g}; Pyserini's "
+                        "default is 0.4")
 
 
 def _java_classes():
@@ -92,10 +105,17 @@ def _open_bytes(path: Path):
 
 def _first_record(path: Path) -> dict | None:
     """The first JSON document of a JSON-lines file (or of a file holding a JSON list), None if not JSON."""
+    head = ""
     try:
         with _open_bytes(path) as handle:
-            head = handle.read(1 << 16)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+            while len(head) < (1 << 16):  # line by line: a truncated gzip still shows its intact first records
+                line = handle.readline()
+                if not line:
+                    break
+                head += line
+    except (EOFError, zlib.error, UnicodeDecodeError):
+        pass
+    except OSError:
         return None
     text = head.lstrip()
     if text.startswith("["):
@@ -168,6 +188,9 @@ class IndexStats:
     empty: int
     skipped: int
     errors: int
+    duplicates: int = 0  # records dropped because their docid came earlier (the first is kept)
+    bad_lines: int = 0  # lines dropped with --skip-bad-lines (bad JSON, no id, not UTF-8)
+    truncated_files: tuple[str, ...] = ()  # gzip files cut short, indexed up to the cut (--skip-bad-lines)
 
 
 def build_index(
@@ -178,6 +201,7 @@ def build_index(
     *,
     multifield: bool = False,
     extra_args: Iterable[str] = (),
+    skip_bad_lines: bool = False,
 ) -> IndexStats:
     """Build a Lucene index (positions, docvectors, raw documents stored) with Anserini's IndexCollection.
 
@@ -186,6 +210,8 @@ def build_index(
     `multifield` indexes a BEIR corpus as Pyserini's "multifield" BEIR indexes are (BeirMultifieldCollection with
     `-fields title`: title and text in fields of their own; search them with `fields=MULTIFIELD_FIELDS`).
     The index is built in a temporary folder beside `index_dir` and renamed into place when complete.
+    Detected corpora are checked first (`first_stage.corpus`): a bad line or a truncated gzip is a UserError naming
+    file, line and byte (with `skip_bad_lines`: dropped and counted); a repeated docid keeps its first record.
     """
     index_dir = Path(index_dir)
     parent = index_dir.parent if str(index_dir.parent) else Path(".")
@@ -195,8 +221,9 @@ def build_index(
         raise UserError(f"index folder already exists and is not empty: {index_dir} (remove it or choose another)")
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
+    check_output_folder(parent, "--index")
     source = Path(input_path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=parent))
+    staging = make_temporary_folder(parent, f".{index_dir.name}.")  # the umask's mode, as the finished index has
     try:
         if multifield and collection not in (None, BEIR_MULTIFIELD):
             raise UserError(f"--multifield indexes a BEIR corpus as {BEIR_MULTIFIELD}; it cannot be combined with "
@@ -209,17 +236,24 @@ def build_index(
                                     f"found {collection} records")
                 collection = BEIR_MULTIFIELD
                 extra_args = ["-fields", "title", *extra_args]
-            # Anserini reads every file of its input folder: link the chosen files into a folder of their own.
+            # Anserini reads every file of its input folder: link the chosen files (or their cleaned copies) into a
+            # folder of their own.
             input_folder = staging / "input"
             input_folder.mkdir()
+            files, scan = check_corpus(files, collection, input_folder, skip_bad_lines=skip_bad_lines)
             for number, file in enumerate(files):
-                (input_folder / f"{number:05d}-{file.name}").symlink_to(file.resolve())
+                if file.parent != input_folder:
+                    (input_folder / f"{number:05d}-{file.name}").symlink_to(file.resolve())
         else:
             if not source.exists():
                 raise UserError(f"input not found: {source}")
             input_folder = source
+            scan = CorpusScan()
         building = staging / "index"
         stats = _run_index_collection(collection, input_folder, building, threads, list(extra_args))
+        if stats.errors and scan.kept:  # every line was checked: an error now is Anserini's (a full disk, ...)
+            raise UserError(f"Anserini failed on {stats.errors} of {scan.kept} documents from {source} (see its log "
+                            f"above; a full disk?); no index was written to {index_dir}")
         if stats.indexed == 0:
             raise UserError(
                 f"no documents were indexed from {source} as {collection} "
@@ -230,7 +264,23 @@ def build_index(
         os.replace(building, index_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return IndexStats(str(index_dir), collection, stats.indexed, stats.empty, stats.skipped, stats.errors)
+    return IndexStats(str(index_dir), collection, stats.indexed, stats.empty, stats.skipped, stats.errors,
+                      scan.duplicates, scan.bad_lines, tuple(scan.truncated_files))
+
+
+# What Java's IOException says for the storage failures `files.writing` names (Lucene writes its own files).
+_JAVA_STORAGE_TEXTS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                       "File too large": errno.EFBIG, "Read-only file system": errno.EROFS,
+                       "Permission denied": errno.EACCES, "AccessDeniedException": errno.EACCES}
+
+
+def java_storage_error(error: BaseException, path: Path) -> str | None:
+    """One line for a Java IOException of a full disk, a quota or a read-only folder (else None), naming `path`."""
+    text = str(error)
+    for fragment, code in _JAVA_STORAGE_TEXTS.items():
+        if fragment in text:
+            return storage_error_message(OSError(code, os.strerror(code)), path)
+    return None
 
 
 def _run_index_collection(collection: str, input_folder: Path, index_dir: Path, threads: int, extra: list[str]):
@@ -256,7 +306,9 @@ def _run_index_collection(collection: str, input_folder: Path, index_dir: Path, 
         indexer = autoclass("io.anserini.index.IndexCollection")(args)
         indexer.run()
     except JavaException as error:
-        raise UserError(f"Anserini could not index {input_folder} as {collection}: {first_line(error)}") from None
+        message = java_storage_error(error, index_dir)
+        raise UserError(message or f"Anserini could not index {input_folder} as {collection}: "
+                        f"{first_line(error)}") from None
     counters = indexer.getCounters()
     return IndexStats(
         str(index_dir),
@@ -337,6 +389,15 @@ class LuceneSearcher:
             reader.close()
             directory.close()
 
+    def check_fields(self, fields: Mapping[str, float]) -> None:
+        """A field the index does not have matches nothing (Lucene returns no hits, silently): a UserError naming
+        the index's fields instead."""
+        available = self.indexed_fields()
+        unknown = sorted(set(fields) - available)
+        if unknown:
+            raise UserError(f"--fields: the index {self.index_dir} has no field {', '.join(map(repr, unknown))}; its "
+                            f"searchable fields are {', '.join(sorted(available))}")
+
     def default_fields(self) -> dict[str, float] | None:
         """The fields to search when none are given: Pyserini's multifield setting (contents and title, boost 1.0
         each) for an index with a `title` field, as its BEIR multifield regressions do; else None (contents only)."""
@@ -406,7 +467,11 @@ def iter_bm25_batches(
         raise UserError(f"--hits must be >= 1, got {hits}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    check_bm25_parameters(k1, b)
+    if fields:
+        searcher.check_fields(fields)
     threads = threads or os.cpu_count() or 1
+    duplicates: list[tuple[str, str]] = []  # an index built with a docid twice returns it twice: keep the first
     searcher.set_bm25(float(k1), float(b))
     qids = [str(qid) for qid in topics]
     queries = list(topics.values())
@@ -415,11 +480,25 @@ def iter_bm25_batches(
         batch = searcher.batch_search(queries[start : start + batch_size], batch_qids, hits, threads, fields)
         ranked_batch = []
         for qid in batch_qids:
-            ranked = batch[qid]
+            ranked = _first_of_each_docid(batch[qid], duplicates, qid)
             if remove_query:
                 ranked = [hit for hit in ranked if hit.docid != qid]
             ranked_batch.append((qid, ranked))
         yield ranked_batch
+    warn_duplicates(f"BM25 search of {searcher.index_dir}", len(duplicates), duplicates[0] if duplicates else None)
+
+
+def _first_of_each_docid(hits: list[Hit], dropped: list[tuple[str, str]], qid: str = "") -> list[Hit]:
+    """`hits` (best first) without the later entries of a repeated docid (appended to `dropped`)."""
+    seen: set[str] = set()
+    kept = []
+    for hit in hits:
+        if hit.docid in seen:
+            dropped.append((qid, hit.docid))
+            continue
+        seen.add(hit.docid)
+        kept.append(hit)
+    return kept
 
 
 def bm25_search(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pyserini_ssm.errors import UserError, first_line
+from pyserini_ssm.files import check_output_folder, make_temporary_folder, writing
 from pyserini_ssm.models.registry import REGISTRY, ModelSpec, get_spec
 from pyserini_ssm.models.scoring import ENCODER_MODEL_TYPES, MAMBA_FAMILIES
 
@@ -194,6 +195,41 @@ def _load_hf_backbone(family: str, source: str, dtype: Any = None) -> Any:
         return AutoModel.from_pretrained(source, attn_implementation="eager", **kwargs)
 
 
+def check_safetensors(path: Path) -> None:
+    """A UserError naming `path` when it is not a complete safetensors file (truncated by a full disk or an
+    interrupted copy): the header (8-byte length, then JSON) must parse and every tensor's bytes must be there.
+    Cheap: reads the header only, before a load would fail with safetensors' own opaque error."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_length > size - 8:
+                raise ValueError("the header is cut off")
+            header = json.loads(handle.read(header_length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise UserError(f"{path} is not a valid safetensors file ({error}); copy it again or re-save the "
+                        "model") from None
+    needed = 8 + header_length + max(ends, default=0)
+    if size < needed:
+        raise UserError(f"{path} is truncated: {size} bytes, its header needs {needed}; copy it again (or free disk "
+                        "space and re-save the model)")
+
+
+def _check_folder_files(directory: Path) -> None:
+    """config.json parses and the single-file safetensors weights are complete, checked before the tokenizer or the
+    model is loaded (whose errors would name the wrong file)."""
+    config = directory / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"{config} is not valid JSON ({error}); restore it from the original checkpoint") from None
+    for name in ("model.safetensors", HEAD_FILE):
+        if (directory / name).is_file():
+            check_safetensors(directory / name)
+
+
 def _load_head(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -218,6 +254,7 @@ def _first_weights(directory: Path) -> Path | None:
 
 def load_ours(directory: Path, dtype: Any = None, tokenizer: Any = None) -> LoadedCheckpoint:
     _require(directory, RERANKER_FILE, "config.json", what="reranker")
+    _check_folder_files(directory)
     try:
         meta = json.loads((directory / RERANKER_FILE).read_text())
     except json.JSONDecodeError as error:
@@ -377,6 +414,7 @@ def load_hf_folder(directory: Path, config_data: dict[str, Any], dtype: Any = No
 
     if _first_weights(directory) is None:
         raise UserError(f"checkpoint folder {directory} is missing model.safetensors (or pytorch_model.bin)")
+    _check_folder_files(directory)
     config = AutoConfig.from_pretrained(str(directory))
     spec = spec_for_config(config, directory.name, str(directory), str(directory))
     tokenizer = _tokenizer_for_folder(directory, getattr(config, "_name_or_path", "") or str(directory), tokenizer)
@@ -476,31 +514,33 @@ def write_reranker_dir(directory: str | os.PathLike, *, spec: ModelSpec, backbon
         raise UserError(f"output folder's parent does not exist: {parent}")
     if directory.exists() and not directory.is_dir():
         raise UserError(f"output path is a file, not a folder: {directory}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
+    check_output_folder(parent)
+    staging = make_temporary_folder(parent, prefix=f".{directory.name}.tmp-")  # the umask's mode, not mkdtemp's 0700
     try:
-        backbone_hf.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))
-        save_file({"weight": head.weight.detach().float().cpu().contiguous(),
-                   "bias": head.bias.detach().float().cpu().contiguous()}, str(staging / HEAD_FILE))
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "spec": spec.to_dict(),
-            "template": spec.template,
-            "pooling": spec.pooling,
-            "max_length": spec.max_length,
-            "head_trained": bool(head_trained),
-        }
-        if extra:
-            meta.update(_jsonable(extra))
-        (staging / RERANKER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if directory.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=parent))
-            os.replace(directory, retired / "previous")
-            os.replace(staging, directory)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
+        with writing(directory):  # a full disk or a file-size limit: one line, and the staging folder removed
+            backbone_hf.save_pretrained(str(staging), safe_serialization=True)
+            tokenizer.save_pretrained(str(staging))
+            save_file({"weight": head.weight.detach().float().cpu().contiguous(),
+                       "bias": head.bias.detach().float().cpu().contiguous()}, str(staging / HEAD_FILE))
+            meta = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "spec": spec.to_dict(),
+                "template": spec.template,
+                "pooling": spec.pooling,
+                "max_length": spec.max_length,
+                "head_trained": bool(head_trained),
+            }
+            if extra:
+                meta.update(_jsonable(extra))
+            (staging / RERANKER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            if directory.exists():
+                retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=parent))
+                os.replace(directory, retired / "previous")
+                os.replace(staging, directory)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -29,7 +29,9 @@ from pyserini_ssm.models.checkpoints import (
     LoadedCheckpoint, load_checkpoint, pad_token_id, write_reranker_dir,
 )
 from pyserini_ssm.models.registry import ModelSpec
-from pyserini_ssm.models.scoring import MAMBA_FAMILIES, ScoringModel, output_hidden_size, packing_support
+from pyserini_ssm.models.scoring import (
+    MAMBA_FAMILIES, ScoringModel, output_hidden_size, packing_support, widest_activation,
+)
 from pyserini_ssm.models.templates import PairEncoder, get_template
 from pyserini_ssm.ops.batching import length_sorted_batches, pack_batch, pack_sequences, pad_batch, scatter_scores
 from pyserini_ssm.runs import Hit, ranking_key
@@ -339,16 +341,25 @@ class Reranker:
                 yield (self.score_encoded(encoded, batch_size, max_tokens, progress) if encoded
                        else np.zeros(0, dtype=np.float32))
 
+    @property
+    def activation_width(self) -> int | None:
+        """The widest activation per token (`scoring.widest_activation`), which caps the tokens of a forward."""
+        config = (getattr(self.model, "backbone_config", None)
+                  or getattr(getattr(self.model, "backbone", None), "config", None))
+        return widest_activation(config) if config is not None else None
+
     @torch.inference_mode()
     def score_encoded(self, encoded: Sequence[Any], batch_size: int = 32, max_tokens: int | None = None,
                       progress: Any = None) -> np.ndarray:
         """Scores of already-encoded pairs, input order: length-sorted padded batches or packed rows."""
         self.model.eval()
         lengths = [len(item.input_ids) for item in encoded]
+        width = self.activation_width  # every forward under 2^31 elements (mamba_ssm's int32 kernels)
         if self.pack:
-            groups = pack_sequences(lengths, max_tokens or max(batch_size * self.max_length, PACKED_ROW_TOKENS))
+            groups = pack_sequences(lengths, max_tokens or max(batch_size * self.max_length, PACKED_ROW_TOKENS),
+                                    activation_width=width)
         else:
-            groups = length_sorted_batches(lengths, batch_size, max_tokens)
+            groups = length_sorted_batches(lengths, batch_size, max_tokens, activation_width=width)
         outputs: list[torch.Tensor] = []
         done_groups: list[list[int]] = []
         for group in groups:

@@ -40,6 +40,30 @@ def output_hidden_size(config: Any) -> int:
     raise UserError(f"cannot tell the hidden size of a {type(config).__name__}")
 
 
+def widest_activation(config: Any) -> int:
+    """Elements per token of the widest activation one forward of this backbone makes (the int32 cap of
+    `ops.batching.int32_token_cap` divides by it), from the HF config:
+
+    - Mamba-2: in_proj's output, d_in_proj = 2*d_inner + 2*ngroups*d_state + nheads (6,448 for mamba2-780m);
+    - Mamba-1: in_proj's output, 2*d_inner;
+    - transformers: the MLP's inner width (intermediate_size, ffn_dim, n_inner, d_ff; else 4*hidden) or the fused
+      QKV projection, 3*hidden, whichever is wider.
+    """
+    model_type = getattr(config, "model_type", None)
+    hidden = output_hidden_size(config)
+    if model_type == "mamba2":
+        d_inner = int(getattr(config, "expand", 2) * config.hidden_size)
+        heads = getattr(config, "num_heads", None) or d_inner // int(config.head_dim)
+        return 2 * d_inner + 2 * int(config.n_groups) * int(config.state_size) + int(heads)
+    if model_type == "mamba":
+        d_inner = getattr(config, "intermediate_size", None) or int(getattr(config, "expand", 2) * config.hidden_size)
+        return 2 * int(d_inner)
+    hidden = int(getattr(config, "hidden_size", None) or hidden)
+    inner = next((getattr(config, key) for key in ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
+                  if isinstance(getattr(config, key, None), int)), 4 * hidden)
+    return max(int(inner), 3 * hidden)
+
+
 def build_transformer_backbone(config: Any, attn_implementation: str | None = "sdpa",
                                dtype: torch.dtype | None = None) -> nn.Module:
     """A randomly initialised `AutoModel` for a transformers config (SDPA attention where the model supports it)."""

@@ -10,16 +10,49 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# mamba_ssm's Triton kernels (e.g. `_chunk_cumsum_fwd` over Mamba-2's in_proj output) index with int32: a forward
+# whose activation holds 2^31 elements or more reads out of bounds (an illegal memory access that kills the CUDA
+# context; no out-of-memory backoff recovers from it). Every forward is planned under this many elements.
+INT32_ELEMENTS = 2**31
 
-def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+
+def int32_token_cap(activation_width: int) -> int:
+    """The most tokens (padded rows x longest length, or a packed row's length) one forward may hold so that
+    tokens x `activation_width` (the widest activation per token, see `models.scoring.widest_activation`) stays
+    under 2^31 elements."""
+    if activation_width < 1:
+        raise ValueError(f"activation_width must be >= 1, not {activation_width}")
+    return max(1, (INT32_ELEMENTS - 1) // int(activation_width))
+
+
+def _token_limit(max_tokens: int | None, activation_width: int | None) -> int | None:
+    if activation_width is None:
+        return max_tokens
+    cap = int32_token_cap(activation_width)
+    return cap if max_tokens is None else min(max_tokens, cap)
+
+
+def _check_fits(length: int, activation_width: int | None) -> None:
+    if activation_width is not None and length > int32_token_cap(activation_width):
+        raise ValueError(f"one sequence of {length} tokens x {activation_width} activations is past 2^31 elements: "
+                         "no batch can hold it (shorten it)")
+
+
+def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_tokens: int | None = None, *,
+                          activation_width: int | None = None) -> list[list[int]]:
     """Group indices into batches of similar length, longest first (an out-of-memory shows on the first batch).
 
     A batch holds at most `max_batch_size` items and, when `max_tokens` is given, at most `max_tokens` padded tokens
     (items x longest length); an item longer than `max_tokens` gets a batch to itself. Every index appears once.
+    `activation_width` (the model's widest activation per token) caps the padded tokens at `int32_token_cap`, so
+    that no forward reaches 2^31 elements (mamba_ssm's int32 indexing).
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, not {max_batch_size}")
+    max_tokens = _token_limit(max_tokens, activation_width)
     lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths):
+        _check_fits(int(lengths.max()), activation_width)
     order = np.argsort(-lengths, kind="stable")  # longest first, ties in input order
     batches: list[list[int]] = []
     current: list[int] = []
@@ -74,14 +107,19 @@ def pad_batch(encoded: Sequence[Any], pad_id: int, device: Any = None) -> dict[s
     return batch
 
 
-def pack_sequences(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+def pack_sequences(lengths: Sequence[int], token_budget: int, *,
+                   activation_width: int | None = None) -> list[list[int]]:
     """Group indices into rows of at most `token_budget` tokens in all (longest first, next fit).
 
-    A sequence longer than the budget gets a row of its own. Every index appears once.
+    A sequence longer than the budget gets a row of its own. Every index appears once. `activation_width` caps the
+    budget at `int32_token_cap` (see `length_sorted_batches`).
     """
     if token_budget < 1:
         raise ValueError(f"token_budget must be >= 1, not {token_budget}")
+    token_budget = _token_limit(token_budget, activation_width)
     lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths):
+        _check_fits(int(lengths.max()), activation_width)
     order = np.argsort(-lengths, kind="stable")
     rows: list[list[int]] = []
     current: list[int] = []

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from pyserini_ssm.errors import UserError
-from pyserini_ssm.files import atomic_output, open_text
+from pyserini_ssm.files import atomic_output
+from pyserini_ssm.runs import read_numbered_lines
 
 logger = logging.getLogger(__name__)
 
@@ -85,31 +86,30 @@ def read_training_jsonl(path: str | os.PathLike, *, index: str | None = None, ne
     """
     path = Path(path)
     rows: list[tuple[int, str, str | None, list, list]] = []
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{where}: not valid JSON ({error.msg}); each line must be one JSON object") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{where}: each line must be a JSON object with query/positives/negatives")
-            query = record.get("query")
-            if not isinstance(query, str) or not query.strip():
-                raise UserError(f"{where}: missing or empty \"query\" (a non-empty string is required)")
-            positives = record.get("positives", record.get("positive_passages", record.get("pos")))
-            negatives = record.get("negatives", record.get("negative_passages", record.get("neg"))) or []
-            if isinstance(positives, (str, dict)):
-                positives = [positives]
-            if isinstance(negatives, (str, dict)):
-                negatives = [negatives]
-            if not positives:
-                raise UserError(f"{where}: query {query!r} has no positive; every training query needs at least one "
-                                "relevant document in \"positives\" (remove the line or add one)")
-            qid = record.get("query_id", record.get("qid"))
-            rows.append((number, query, None if qid is None else str(qid), list(positives), list(negatives)))
+    for number, line in read_numbered_lines(path):  # bad UTF-8 or gzip: file:line, no traceback
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where}: not valid JSON ({error.msg}); each line must be one JSON object") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: each line must be a JSON object with query/positives/negatives")
+        query = record.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise UserError(f"{where}: missing or empty \"query\" (a non-empty string is required)")
+        positives = record.get("positives", record.get("positive_passages", record.get("pos")))
+        negatives = record.get("negatives", record.get("negative_passages", record.get("neg"))) or []
+        if isinstance(positives, (str, dict)):
+            positives = [positives]
+        if isinstance(negatives, (str, dict)):
+            negatives = [negatives]
+        if not positives:
+            raise UserError(f"{where}: query {query!r} has no positive; every training query needs at least one "
+                            "relevant document in \"positives\" (remove the line or add one)")
+        qid = record.get("query_id", record.get("qid"))
+        rows.append((number, query, None if qid is None else str(qid), list(positives), list(negatives)))
     if not rows:
         raise UserError(f"training file is empty: {path} (expected JSON lines with query/positives/negatives)")
 
@@ -234,47 +234,44 @@ def _find(folder: Path, *names: str) -> Path:
 def read_beir_corpus(path: Path) -> dict[str, str]:
     """BEIR corpus.jsonl -> docid -> "title text" (the flat form BEIR's Lucene indexes hold)."""
     corpus = {}
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                docid = str(record["_id"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}:{number}: expected a JSON object with \"_id\", \"title\", \"text\"") from None
-            title, text = record.get("title") or "", record.get("text") or ""
-            corpus[docid] = f"{title} {text}".strip() if title else text
+    for number, line in read_numbered_lines(path):  # bad UTF-8 or gzip: file:line, no traceback
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            docid = str(record["_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{number}: expected a JSON object with \"_id\", \"title\", \"text\"") from None
+        title, text = record.get("title") or "", record.get("text") or ""
+        corpus[docid] = f"{title} {text}".strip() if title else text
     return corpus
 
 
 def read_beir_queries(path: Path) -> dict[str, str]:
     queries = {}
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                queries[str(record["_id"])] = record["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}:{number}: expected a JSON object with \"_id\" and \"text\"") from None
+    for number, line in read_numbered_lines(path):  # bad UTF-8 or gzip: file:line, no traceback
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            queries[str(record["_id"])] = record["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{number}: expected a JSON object with \"_id\" and \"text\"") from None
     return queries
 
 
 def read_beir_qrels(path: Path) -> dict[str, dict[str, int]]:
     """BEIR qrels TSV (`query-id corpus-id score`, header line optional) -> qid -> docid -> relevance."""
     qrels: dict[str, dict[str, int]] = {}
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.rstrip("\n").split("\t")
-            if not line.strip() or (number == 1 and fields[0] == "query-id"):
-                continue
-            try:
-                qid, docid, rel = fields[0], fields[1], int(fields[2])
-            except (IndexError, ValueError):
-                raise UserError(f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score'") from None
-            qrels.setdefault(qid, {})[docid] = rel
+    for number, line in read_numbered_lines(path):  # bad UTF-8 or gzip: file:line, no traceback
+        fields = line.rstrip("\n").split("\t")
+        if not line.strip() or (number == 1 and fields[0] == "query-id"):
+            continue
+        try:
+            qid, docid, rel = fields[0], fields[1], int(fields[2])
+        except (IndexError, ValueError):
+            raise UserError(f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score'") from None
+        qrels.setdefault(qid, {})[docid] = rel
     if not qrels:
         raise UserError(f"qrels file is empty: {path}")
     return qrels
@@ -483,6 +480,10 @@ class DataSource:
             raise UserError("MS MARCO-style training needs --queries, --qrels and --index together")
         if self.negatives_depth < 1:
             raise UserError(f"--negatives-depth must be at least 1, got {self.negatives_depth}")
+        if self.index is not None:
+            from pyserini_ssm.first_stage.lucene import check_bm25_parameters  # no JVM: a range check
+
+            check_bm25_parameters(self.bm25_k1, self.bm25_b, prefix="--bm25-")
 
     @property
     def needs_java(self) -> bool:

@@ -6,7 +6,9 @@ global batch of `batch_size x world_size x grad_accum` groups (`data.GroupSchedu
 step itself and a resumed run sees exactly the groups the unbroken one would have seen.
 
 Checkpoints are reranker directories (`Reranker.save_pretrained`) plus `trainer_state.pt` (optimizer, schedule,
-scaler, RNG states of every rank, data position, step), written to a temporary folder and renamed into place.
+scaler, RNG states of every rank, data position, step), written to a temporary folder and renamed into place. The
+final `model/` folder holds the reranker and `training_summary.json` (step, data fingerprint, config): no optimizer
+state, which belongs to checkpoints, not to the model users ship.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pyserini_ssm import stopping
 from pyserini_ssm.errors import UserError
-from pyserini_ssm.files import atomic_output
+from pyserini_ssm.files import atomic_output, check_output_folder, writing
 from pyserini_ssm.training.data import GroupSchedule, TrainingExample, TrainingGroup, fingerprint
 from pyserini_ssm.training.losses import get_loss
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"
+# The final model/ folder is what users ship: no optimizer state (that is in checkpoint-N/), only this summary.
+FINAL_SUMMARY = "training_summary.json"
+_SUMMARY_KEYS = ("step", "total_steps", "epoch", "world_size", "fingerprint", "num_examples", "config")
 LOG_FILE = "train_log.jsonl"
 LOSS_PLOT = "loss_curve.png"
 FINAL_DIR = "model"
@@ -324,6 +330,7 @@ class PairBatcher:
             check_packing(reranker, device, config.dtype)
         self.pad_id = int(reranker.pad_id)
         self._query_cut: dict[str, str] = {}
+        self.activation_width = getattr(reranker, "activation_width", None)
 
     def _cut(self, text: str, limit: int | None) -> str:
         """The prefix of `text` holding its first `limit` tokens (whole text when shorter)."""
@@ -345,9 +352,25 @@ class PairBatcher:
                 query = self._query_cut.setdefault(group.query, self._cut(group.query, self.max_query_length))
             pairs.extend((query, self._cut(document, self.max_doc_length)) for document in group.documents)
         encoded = self.encoder.encode_many(pairs)
+        self._check_int32_cap(encoded)
         if self.pack:
             return pack_batch(encoded, device=self.device)  # one row; scores come back in pair order
         return pad_batch(encoded, self.pad_id, device=self.device)
+
+    def _check_int32_cap(self, encoded: Sequence[Any]) -> None:
+        """A micro-batch is one forward (its groups share one loss): past 2^31 elements of the widest activation,
+        mamba_ssm's int32-indexed kernels would read out of bounds and kill the CUDA context, so refuse it."""
+        from pyserini_ssm.ops.batching import int32_token_cap
+
+        if not self.activation_width or not encoded:
+            return
+        lengths = [len(item.input_ids) for item in encoded]
+        tokens = sum(lengths) if self.pack else len(lengths) * max(lengths)
+        if tokens > int32_token_cap(self.activation_width):
+            raise UserError(f"a micro-batch of {len(lengths)} pairs ({tokens} tokens x {self.activation_width} "
+                            "activations) is past 2^31 elements, which mamba_ssm's kernels cannot index: lower "
+                            "--batch-size and raise --grad-accum to keep the same global batch (or lower "
+                            "--max-length)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -394,8 +417,6 @@ def find_latest_checkpoint(output: Path) -> Path | None:
 
     best, best_step = None, -1
     candidates = [path for path in output.glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir()]
-    if (output / FINAL_DIR).is_dir():
-        candidates.append(output / FINAL_DIR)
     for path in candidates:
         state_file = path / TRAINER_STATE
         if not state_file.is_file():
@@ -403,7 +424,30 @@ def find_latest_checkpoint(output: Path) -> Path | None:
         step = torch.load(state_file, map_location="cpu", weights_only=True)["step"]
         if step > best_step:
             best, best_step = path, step
+    summary = output / FINAL_DIR / FINAL_SUMMARY
+    if summary.is_file() and json.loads(summary.read_text())["step"] > best_step:
+        best = output / FINAL_DIR
     return best
+
+
+def load_trainer_state(checkpoint: Path) -> dict:
+    """A checkpoint's trainer_state.pt, or the final model's summary (the same keys, without optimizer state)."""
+    import torch
+
+    if (checkpoint / TRAINER_STATE).is_file():
+        return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=True)
+    return json.loads((checkpoint / FINAL_SUMMARY).read_text())
+
+
+def remove_stale_temporaries(output: Path) -> list[Path]:
+    """Delete the half-written `.checkpoint-N.tmp-PID` / `.model.tmp-PID` (and `.old-PID`) folders that a killed
+    run left: a resumed or finished run must not leave tens of MB of them behind."""
+    stale = [path for path in output.glob(".*") if path.is_dir()
+             and (".tmp-" in path.name or ".old-" in path.name)
+             and path.name.lstrip(".").startswith((CHECKPOINT_PREFIX, FINAL_DIR + "."))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def _replace_directory(temporary: Path, target: Path) -> None:
@@ -417,17 +461,24 @@ def _replace_directory(temporary: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(directory: Path, reranker, trainer_state: dict, *, lora: bool) -> None:
-    """Reranker directory + trainer_state.pt, written beside `directory` and renamed into place."""
+def save_checkpoint(directory: Path, reranker, trainer_state: dict, *, lora: bool, final: bool = False) -> None:
+    """Reranker directory + trainer_state.pt, written beside `directory` and renamed into place.
+
+    `final` (the model/ folder users ship): the reranker and a small training_summary.json, no optimizer state."""
     import torch
 
     temporary = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        to_save = merged_lora_copy(reranker) if lora else reranker
-        to_save.save_pretrained(str(temporary), head_trained=True)
-        torch.save(trainer_state, temporary / TRAINER_STATE)
-        _replace_directory(temporary, directory)
+        with writing(directory):  # a full disk: one line, and the temporary folder removed
+            to_save = merged_lora_copy(reranker) if lora else reranker
+            to_save.save_pretrained(str(temporary), head_trained=True)
+            if final:
+                summary = {key: trainer_state[key] for key in _SUMMARY_KEYS}
+                (temporary / FINAL_SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            else:
+                torch.save(trainer_state, temporary / TRAINER_STATE)
+            _replace_directory(temporary, directory)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -498,20 +549,34 @@ def resolve_dtype(dtype: str, device) -> str:
 
 
 def prepare_output(output: Path, resume: bool, is_main: bool) -> Path | None:
-    """Create `output`; with `resume`, the latest checkpoint in it. A used folder without `resume` is an error."""
+    """Check that `output` can be made (created later, by `_create_output`); with `resume`, the latest checkpoint in
+    it (stale temporaries of a killed run removed). A used folder without `resume` is an error."""
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a folder")
     latest = find_latest_checkpoint(output) if output.is_dir() else None
     if resume:
         if latest is None:
             raise UserError(f"--resume: no checkpoint in {output} (expected {CHECKPOINT_PREFIX}N/{TRAINER_STATE})")
+        check_output_folder(output)
+        remove_stale_temporaries(output)
         return latest
     if latest is not None or (output / LOG_FILE).exists():
         raise UserError(f"--output {output} already holds a training run; add --resume to continue it or choose "
                         "another folder")
-    if is_main:
-        output.mkdir(parents=True, exist_ok=True)
+    existing = output
+    while not existing.exists():  # the nearest folder that exists must take the new one
+        existing = existing.parent
+    check_output_folder(output if output.is_dir() else existing)
     return None
+
+
+def _create_output(output: Path) -> bool:
+    """Create --output (and its parents) once the run is known to start; True if this call created it."""
+    if output.is_dir():
+        return False
+    with writing(output):
+        output.mkdir(parents=True, exist_ok=True)
+    return True
 
 
 def train(config: TrainConfig, examples: Sequence[TrainingExample] | Callable[[], Sequence[TrainingExample]],
@@ -524,17 +589,18 @@ def train(config: TrainConfig, examples: Sequence[TrainingExample] | Callable[[]
     dist_info = dist_info or setup_distributed(config.device)
     device = dist_info.device
     output = Path(config.output)
+    # Rank 0 alone looks at the folder: another rank looking later would find rank 0's fresh log and stop. The
+    # folder is checked before the data are read (mining takes minutes), and created only once the run starts.
+    resume_from = broadcast_from_main(dist_info, lambda: prepare_output(output, config.resume, True))
     if callable(examples):
         examples = broadcast_from_main(dist_info, examples)
     examples = list(examples)
     if not examples:
         raise UserError("no training examples")
-    # Rank 0 alone looks at the folder: another rank looking later would find rank 0's fresh log and stop.
-    resume_from = broadcast_from_main(dist_info, lambda: prepare_output(output, config.resume, True))
 
     state: dict | None = None
     if resume_from is not None:
-        state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=True)
+        state = load_trainer_state(resume_from)
         if state["fingerprint"] != fingerprint(examples):
             raise UserError(f"the training data differs from the data of the checkpoint {resume_from}; "
                             "resume with the same data (and --seed), or train into a new --output")
@@ -543,7 +609,50 @@ def train(config: TrainConfig, examples: Sequence[TrainingExample] | Callable[[]
             raise UserError(f"{resume_from} was trained with {state['world_size']} process(es), batch size "
                             f"{state['config']['batch_size']} and --grad-accum {state['config']['grad_accum']}; "
                             "resume with the same values so that the data order is the same")
+        if "optimizer" not in state:  # the final model/: a finished run
+            total = config.max_steps or state["total_steps"]
+            if state["step"] >= total:
+                return TrainResult(steps=state["step"], total_steps=state["total_steps"], final_directory=resume_from,
+                                   last_checkpoint=resume_from)
+            raise UserError(f"{resume_from} is the end of a finished run of {state['step']} steps and keeps no "
+                            f"optimizer state (only {CHECKPOINT_PREFIX}N folders do): train further from it with "
+                            f"--model {resume_from} into a new --output")
 
+    # Until the first step the folder holds nothing of ours: a failed start (bad model, bad data) removes it.
+    created = _create_output(output) if dist_info.is_main else False
+    try:
+        return _train(config, examples, dist_info, output, resume_from, state)
+    except BaseException:
+        if created and output.is_dir() and _holds_nothing(output):
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def _stop_requested(dist_info: Distributed) -> bool:
+    """Whether any rank got a SIGTERM (all ranks stop after the same step, so their checkpoint agrees)."""
+    stop = stopping.requested()
+    if dist_info.enabled:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if stop else 0.0], device=dist_info.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
+
+
+def _holds_nothing(output: Path) -> bool:
+    """True for a folder holding nothing, or only the empty log of a run that failed before its first step."""
+    entries = list(output.iterdir())
+    return all(path.name == LOG_FILE and path.stat().st_size == 0 for path in entries)
+
+
+def _train(config: TrainConfig, examples: Sequence[TrainingExample], dist_info: Distributed, output: Path,
+           resume_from: Path | None, state: dict | None) -> TrainResult:
+    import torch
+    import torch.distributed as dist
+
+    device = dist_info.device
     _seed_everything(config.seed)  # the same on every rank: a fresh head starts identical everywhere
     lora = config.lora
     if state is not None and not lora:
@@ -616,11 +725,12 @@ def train(config: TrainConfig, examples: Sequence[TrainingExample] | Callable[[]
         return saved
 
     def checkpoint(step: int, directory: Path) -> None:
-        saved = trainer_state(step)  # every rank takes part in gathering RNG states
-        if dist_info.is_main:
-            save_checkpoint(directory, reranker, saved, lora=lora)
-        if dist_info.enabled:
-            dist.barrier()
+        with stopping.deferred():  # a SIGTERM while writing waits for the checkpoint to be complete
+            saved = trainer_state(step)  # every rank takes part in gathering RNG states
+            if dist_info.is_main:
+                save_checkpoint(directory, reranker, saved, lora=lora, final=directory.name == FINAL_DIR)
+            if dist_info.enabled:
+                dist.barrier()
 
     progress = None
     if dist_info.is_main and config.progress:
@@ -633,53 +743,62 @@ def train(config: TrainConfig, examples: Sequence[TrainingExample] | Callable[[]
     session_start = time.perf_counter()
     try:
         for step in range(start_step, stop_step):
-            step_start = time.perf_counter()
-            micro_batches = schedule.micro_batches(step)
-            step_loss = torch.zeros((), device=device)
-            for micro, groups in enumerate(micro_batches):
-                inputs = batcher(groups)
-                last = micro == len(micro_batches) - 1
-                sync = model.no_sync() if dist_info.enabled and not last else contextlib.nullcontext()
-                with sync:
-                    with _autocast(device, dtype):
-                        scores = model(inputs).view(len(groups), config.group_size)  # (G, n)
-                    loss = loss_fn(scores) / len(micro_batches)
-                    scaler.scale(loss).backward()
-                step_loss += loss.detach()
-            if config.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
-            else:
-                grad_norm = float("nan")
-            scaler.step(optimizer)
-            scaler.update()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if dist_info.enabled:
-                dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
-                step_loss /= dist_info.world_size
-            loss_value = float(step_loss)
-            if not math.isfinite(loss_value):
-                raise RuntimeError(f"training loss became {loss_value} at step {step + 1}; lower --lr or use bf16")
-            result.losses.append(loss_value)
-            done = step + 1
-            result.steps = done
-            elapsed = time.perf_counter() - step_start
-            if dist_info.is_main:
-                pairs_per_s = pairs_per_step / elapsed if elapsed > 0 else float("inf")
-                if done % config.log_every == 0 or done == stop_step:
-                    record = {"step": done, "epoch": schedule.position(step).epoch, "loss": round(loss_value, 6),
-                              "lr": lr, "grad_norm": round(grad_norm, 6), "pairs_per_s": round(pairs_per_s, 2),
-                              "elapsed_s": round(time.perf_counter() - session_start, 3)}
-                    log_handle.write(json.dumps(record) + "\n")
-                    log_handle.flush()
-                if progress is not None:
-                    progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", pairs_s=f"{pairs_per_s:.1f}")
-                    progress.update(1)
-            if config.save_every and done % config.save_every == 0 and done < total_steps:
-                result.last_checkpoint = output / f"{CHECKPOINT_PREFIX}{done}"
-                checkpoint(done, result.last_checkpoint)
+            with stopping.deferred():  # a SIGTERM waits for the end of the step (see stopping.py)
+                step_start = time.perf_counter()
+                micro_batches = schedule.micro_batches(step)
+                step_loss = torch.zeros((), device=device)
+                for micro, groups in enumerate(micro_batches):
+                    inputs = batcher(groups)
+                    last = micro == len(micro_batches) - 1
+                    sync = model.no_sync() if dist_info.enabled and not last else contextlib.nullcontext()
+                    with sync:
+                        with _autocast(device, dtype):
+                            scores = model(inputs).view(len(groups), config.group_size)  # (G, n)
+                        loss = loss_fn(scores) / len(micro_batches)
+                        scaler.scale(loss).backward()
+                    step_loss += loss.detach()
+                if config.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+                else:
+                    grad_norm = float("nan")
+                scaler.step(optimizer)
+                scaler.update()
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if dist_info.enabled:
+                    dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
+                    step_loss /= dist_info.world_size
+                loss_value = float(step_loss)
+                if not math.isfinite(loss_value):
+                    raise RuntimeError(f"training loss became {loss_value} at step {step + 1}; lower --lr or use "
+                                       "bf16")
+                result.losses.append(loss_value)
+                done = step + 1
+                result.steps = done
+                elapsed = time.perf_counter() - step_start
+                if dist_info.is_main:
+                    pairs_per_s = pairs_per_step / elapsed if elapsed > 0 else float("inf")
+                    if done % config.log_every == 0 or done == stop_step:
+                        record = {"step": done, "epoch": schedule.position(step).epoch, "loss": round(loss_value, 6),
+                                  "lr": lr, "grad_norm": round(grad_norm, 6), "pairs_per_s": round(pairs_per_s, 2),
+                                  "elapsed_s": round(time.perf_counter() - session_start, 3)}
+                        log_handle.write(json.dumps(record) + "\n")
+                        log_handle.flush()
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", pairs_s=f"{pairs_per_s:.1f}")
+                        progress.update(1)
+                if config.save_every and done % config.save_every == 0 and done < total_steps:
+                    result.last_checkpoint = output / f"{CHECKPOINT_PREFIX}{done}"
+                    checkpoint(done, result.last_checkpoint)
+            if done < stop_step and _stop_requested(dist_info):  # a safe point: keep the step done, and stop
+                if result.last_checkpoint is None or result.last_checkpoint.name != f"{CHECKPOINT_PREFIX}{done}":
+                    result.last_checkpoint = output / f"{CHECKPOINT_PREFIX}{done}"
+                    checkpoint(done, result.last_checkpoint)
+                logger.warning("SIGTERM: stopped after step %d with checkpoint %s (continue with --resume)", done,
+                               result.last_checkpoint)
+                raise stopping.Terminated()
         if result.steps == total_steps:
             result.final_directory = output / FINAL_DIR
             checkpoint(total_steps, result.final_directory)
