@@ -11,7 +11,17 @@ EXIT_USER_ERROR = 2
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
-    """Call a driver's `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2."""
+    """Call a driver's `main(argv)`; a `UserError` becomes `error: <message>` on stderr and exit status 2.
+
+    Python warnings are logged as one line each (`warning: ...`), without the source line Python prints under them.
+    """
+    from pyserini_ssm.console import routed_warnings
+
+    with routed_warnings():
+        return _run(main, argv)
+
+
+def _run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None) -> int:
     try:
         status = main(argv)
     except UserError as error:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from pyserini_ssm.errors import UserError, first_line
-from pyserini_ssm.java import ensure_java
+from pyserini_ssm.java import ensure_java, quiet_java_logging
 from pyserini_ssm.runs import Hit
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def _java_classes():
     ensure_java()
     from pyserini.pyclass import autoclass  # noqa: F401  (configures the classpath, starts the JVM)
 
+    quiet_java_logging()
     return autoclass
 
 
@@ -59,7 +60,7 @@ def _java_classes():
 
 def pyserini_topics(name: str) -> dict[str, str]:
     """Topics by Pyserini name through Pyserini itself (downloads them: needs internet). qid -> title text."""
-    ensure_java()
+    _java_classes()
     from pyserini.search import get_topics
 
     topics = get_topics(name)
@@ -72,7 +73,7 @@ def pyserini_topics(name: str) -> dict[str, str]:
 
 def pyserini_qrels_file(name: str) -> str:
     """Path of a qrels file by Pyserini name (downloaded by Pyserini into its cache: needs internet)."""
-    ensure_java()
+    _java_classes()
     from pyserini.search import get_qrels_file
 
     path = get_qrels_file(name)
@@ -367,7 +368,7 @@ def open_searcher(index: str | os.PathLike) -> LuceneSearcher:
     name = str(index)
     if "/" in name or os.sep in name:
         raise UserError(f"index folder not found: {path}")
-    ensure_java()
+    _java_classes()
     from pyserini.prebuilt_index_info import IMPACT_INDEX_INFO, TF_INDEX_INFO
     from pyserini.util import download_prebuilt_index
 
