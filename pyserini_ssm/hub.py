@@ -67,15 +67,22 @@ def set_hub_offline() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
+_offline_reason: list[str] = []  # why the hub is off, once known (the environment, or no connection)
+
+
 def hub_offline() -> bool:
     """True when the hub must not be called: offline by the environment, or unreachable (then switched off)."""
+    if _offline_reason:
+        return True
     if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
-        set_hub_offline()
-        return True
-    if not host_reachable(os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT):
-        set_hub_offline()
-        return True
-    return False
+        _offline_reason.append("HF_HUB_OFFLINE is set")
+    else:
+        endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+        if host_reachable(endpoint):
+            return False
+        _offline_reason.append(f"the Hugging Face Hub ({endpoint}) cannot be reached")
+    set_hub_offline()
+    return True
 
 
 def repo_cache_folder(repo_id: str) -> Path:
@@ -96,8 +103,7 @@ def cached_snapshot(repo_id: str, revision: str = "main") -> Path | None:
 
 
 def offline_message(repo_id: str, what: str) -> str:
-    reason = ("HF_HUB_OFFLINE is set" if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-              else "the Hugging Face Hub cannot be reached")
+    reason = _offline_reason[0] if _offline_reason else "the Hugging Face Hub cannot be reached"
     return (f"{what} {repo_id!r} is not in the Hugging Face cache {hub_cache_dir()} and {reason}: on a machine with "
             f"internet (a login node) run `huggingface-cli download {repo_id}` with the same HF_HOME, or pass a "
             f"local folder instead")

@@ -992,12 +992,17 @@ def with_default_topics(config: RerankConfig) -> RerankConfig:
     if topics is None:
         raise UserError(f"--topics is needed with the local index {config.index}: add --topics NAME_OR_FILE (a "
                         f"Pyserini name such as dl19-passage, or a TSV/TREC/JSONL file of the queries)")
-    qrels = config.qrels or qrels_name_for_topics(topics)
-    logger.info("no --topics: using %s, the standard evaluation topics of %s (qrels %s)", topics, config.index,
-                qrels or "none")
     from dataclasses import replace
 
     return replace(config, topics=topics)
+
+
+def _say_default_topics(original: RerankConfig, config: RerankConfig) -> None:
+    """One line when --topics was filled in (said once the inputs are known good, so an error stays alone)."""
+    if original.topics is None and config.topics is not None:
+        qrels = config.qrels or qrels_name_for_topics(config.topics)
+        logger.info("no --topics: using %s, the standard evaluation topics of %s (qrels %s)", config.topics,
+                    config.index, qrels or "none")
 
 
 def _validate(config: RerankConfig) -> None:
@@ -1196,33 +1201,40 @@ def run_rerank(config: RerankConfig, *, reranker: Any = None,
     Returns on every rank; only rank 0 writes the final run and computes metrics.
     """
     _validate(config)
-    config = with_default_topics(config)
+    original, config = config, with_default_topics(config)
+    _output_path(config)
+    # Every input is read and checked before anything expensive (torch, the hub, the model, the JVM for a first
+    # stage of minutes): qrels, topics, a run or a candidates file; then whether the model can be had at all.
+    qrels = _load_qrels_first(config)
+    inputs = _read_inputs(config)
+    if reranker is None:
+        _check_model_available(config.model)
     own_context = context is None
     if context is None:
         context = init_from_env(_device_type(config.device))
     try:
-        return _run(config, reranker, context)
+        return _run(config, reranker, context, qrels, inputs, announce=lambda: _say_default_topics(original, config))
     finally:
         if own_context:
             shutdown(context)
 
 
-def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> RerankOutcome:
+def _output_path(config: RerankConfig) -> Path:
     output = Path(config.output) if config.output else default_output(config)
     if not config.output:
         output.parent.mkdir(parents=True, exist_ok=True)
     check_output_path(output)
     _check_writable(output)
+    return output
+
+
+def _run(config: RerankConfig, reranker: Any, context: DistributedContext, qrels: "LoadedQrels | None",
+         inputs: "_Inputs", announce: Callable[[], None] = lambda: None) -> RerankOutcome:
+    output = _output_path(config)
     depth = config.rerank_depth
     tag = config.tag or model_label(config.model)
-
-    # Every input is read and checked before anything expensive (the hub, the model, a first stage of minutes):
-    # qrels, topics, a run or a candidates file; then whether the model can be had at all (offline: cached?).
-    qrels = _load_qrels_first(config)
-    inputs = _read_inputs(config)
-    if reranker is None:
-        _check_model_available(config.model)
     first_stage = _open_first_stage(config, inputs)
+    announce()
     if reranker is None:
         reranker = load_reranker(config, device_for_rank(config.device, context))
     queries, texts, input_digest = _load_queries(config, inputs, first_stage)

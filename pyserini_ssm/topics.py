@@ -41,6 +41,12 @@ def topics_dir_from(topics_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def anserini_cache_dir() -> Path:
+    """Where Anserini (under Pyserini) saves the topics and qrels it downloads: ~/.cache/pyserini/topics-and-qrels
+    (Java's user.home; PYSERINI_CACHE does not move it)."""
+    return Path.home() / ".cache" / "pyserini" / "topics-and-qrels"
+
+
 def _installed_pyserini_differs() -> bool:
     try:
         from importlib.metadata import PackageNotFoundError, version
@@ -70,6 +76,9 @@ def resolve_named_file(
     if text in table:
         if folder is not None and (folder / table[text]).is_file():
             return folder / table[text], None
+        cached = anserini_cache_dir() / table[text]
+        if cached.is_file() and cached.stat().st_size > 0:  # downloaded earlier by Anserini: no JVM, no network
+            return cached, None
         return None, text
     if folder is not None and "/" not in text and (folder / text).is_file():
         return folder / text, None

@@ -377,6 +377,19 @@ def open_searcher(index: str | os.PathLike) -> LuceneSearcher:
             f"index not found: {name!r} is neither a folder nor a Pyserini prebuilt index name "
             "(e.g. msmarco-v1-passage, beir-v1.0.0-scifact.flat)"
         )
+    cached = prebuilt_index_cache_path(name)
+    if _is_lucene_index(cached):  # in Pyserini's cache: open it as is, no download attempt
+        return _simple_searcher(str(cached), prebuilt_name=name)
+    info = TF_INDEX_INFO.get(name) or IMPACT_INDEX_INFO[name]
+    from pyserini_ssm.hub import host_reachable
+
+    if not any(host_reachable(url) for url in info["urls"][:1]):  # offline: fail now, without Pyserini's retries
+        raise UserError(
+            f"prebuilt index {name!r} is not in Pyserini's cache ({cached}) and {info['urls'][0].split('/')[2]} "
+            f"cannot be reached: on a machine with internet, download it with "
+            f"`python -c \"from pyserini.util import download_prebuilt_index; download_prebuilt_index('{name}')\"` "
+            f"into the same PYSERINI_CACHE, or pass a local index folder to --index"
+        )
     try:
         index_dir = download_prebuilt_index(name, verbose=False)
     except Exception as error:  # noqa: BLE001  (ValueError when every URL fails; OSError, tarfile errors, ...)
@@ -388,6 +401,22 @@ def open_searcher(index: str | os.PathLike) -> LuceneSearcher:
             "build a local index with pyserini_ssm.index and pass its folder to --index"
         )
     return _simple_searcher(str(index_dir), prebuilt_name=name)
+
+
+def prebuilt_index_cache_path(name: str) -> Path:
+    """Where Pyserini keeps a downloaded prebuilt Lucene index: `$PYSERINI_CACHE/indexes/<tarball name>.<md5>`
+    (PYSERINI_CACHE defaults to ~/.cache/pyserini), as `pyserini.util.download_prebuilt_index` unpacks it."""
+    _java_classes()
+    import re
+
+    from pyserini.prebuilt_index_info import IMPACT_INDEX_INFO, TF_INDEX_INFO
+    from pyserini.util import get_cache_home
+
+    info = TF_INDEX_INFO.get(name) or IMPACT_INDEX_INFO.get(name)
+    if info is None:
+        raise UserError(f"{name!r} is not a Pyserini prebuilt Lucene index name")
+    tarball = info.get("filename") or info["urls"][0].split("/")[-1]
+    return Path(get_cache_home()) / "indexes" / f"{re.sub(r'.tar.gz.*$', '', tarball)}.{info['md5']}"
 
 
 def iter_bm25_batches(
