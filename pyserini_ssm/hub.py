@@ -74,7 +74,9 @@ def hub_offline() -> bool:
     """True when the hub must not be called: offline by the environment, or unreachable (then switched off)."""
     if _offline_reason:
         return True
-    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
+    constants = sys.modules.get("huggingface_hub.constants")
+    if (_env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+            or (constants is not None and getattr(constants, "HF_HUB_OFFLINE", False) is True)):
         _offline_reason.append("HF_HUB_OFFLINE is set")
     else:
         endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
