@@ -445,3 +445,35 @@ def test_dense_and_hybrid_first_stages_from_rerank(tmp_path, model_dir, capsys):
     status, _, err = call(["--index", str(lucene), "--topics", str(topics_file), "--first-stage", "dense",
                            "--model", str(model_dir), "--output", str(tmp_path / "x.txt")], capsys)
     assert status == 2 and "--first-stage dense needs --dense-index" in err
+
+
+def test_named_topics_and_qrels_offline_fail_at_once_without_the_jvm(tmp_path):
+    """No topics folder, nothing in Anserini's cache, the download host unreachable (this machine, CI): one line,
+    and the JVM is never started (so no Java download messages either)."""
+    script = ("import sys; from pyserini_ssm.errors import UserError; from pyserini_ssm.qrels import load_qrels\n"
+              "from pyserini_ssm.topics import load_topics, ANSERINI_TOOLS_URL\n"
+              "from pyserini_ssm.hub import host_reachable\n"
+              "if host_reachable(ANSERINI_TOOLS_URL): print('online'); sys.exit(0)\n"
+              "for load in (load_topics, load_qrels):\n"
+              "    try: load('dl19-passage')\n"
+              "    except UserError as error: print('error', 'cannot be reached' in str(error))\n"
+              "print('jnius' in sys.modules)")
+    env = subprocess_env(HOME=str(tmp_path))
+    env.pop("PYSERINI_SSM_TOPICS_DIR", None)
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    if completed.stdout.strip() == "online":
+        pytest.skip("raw.githubusercontent.com is reachable here")
+    assert completed.stdout.split() == ["error", "True", "error", "True", "False"], completed.stderr
+    assert completed.stderr == ""
+
+
+def test_topics_from_anserinis_cache_need_no_jvm(tmp_path, monkeypatch):
+    from pyserini_ssm.topics import anserini_cache_dir, load_topics
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("PYSERINI_SSM_TOPICS_DIR", raising=False)
+    cache = anserini_cache_dir()
+    assert cache == tmp_path / ".cache" / "pyserini" / "topics-and-qrels"
+    cache.mkdir(parents=True)
+    (cache / "topics.dl19-passage.txt").write_text("19335\tanthropological definition of environment\n")
+    assert load_topics("dl19-passage") == {"19335": "anthropological definition of environment"}
