@@ -79,7 +79,8 @@ class RunFileStage:
     run: dict[str, list[Hit]]  # runs.read_run
 
     def search(self, topics: Mapping[str, str]) -> dict[str, list[Hit]]:
-        return {qid: self.run[qid] for qid in topics if qid in self.run}
+        """The run's queries that `topics` has, in the run's order (the order a reranked run keeps)."""
+        return {qid: hits for qid, hits in self.run.items() if qid in topics}
 
 
 def check_first_stage_flags(first_stage: str, dense_index: str | None, fusion: str, alpha: float,

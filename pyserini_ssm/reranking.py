@@ -842,11 +842,11 @@ def _load_queries(config: RerankConfig, inputs: _Inputs,
     if config.source == "candidates":
         return inputs.candidates, _CandidateTexts(config.candidates), inputs.digest
 
-    from pyserini_ssm.first_stages import run_first_stage
+    from pyserini_ssm.first_stages import RunFileStage, run_first_stage
 
     topics, searcher = inputs.topics, first_stage.searcher
     if config.source == "run":
-        queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in inputs.run.items()]
+        queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in RunFileStage(inputs.run).search(topics).items()]
     else:
         results = run_first_stage(config, searcher, first_stage.dense, topics)
         queries = [RerankQuery(qid, topics[qid], results.get(qid, [])) for qid in topics]

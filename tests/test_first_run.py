@@ -477,3 +477,23 @@ def test_topics_from_anserinis_cache_need_no_jvm(tmp_path, monkeypatch):
     cache.mkdir(parents=True)
     (cache / "topics.dl19-passage.txt").write_text("19335\tanthropological definition of environment\n")
     assert load_topics("dl19-passage") == {"19335": "anthropological definition of environment"}
+
+
+def test_rank_llm_output_resumes_byte_identical(tmp_path):
+    """A rank_llm run stopped after its first group, then rerun: the same file as an unbroken run."""
+    source = tmp_path / "requests.json"
+    source.write_text(json.dumps(REQUESTS))
+    broken = RerankConfig(model="m", candidates=str(source), output=str(tmp_path / "resumed.jsonl"), group_pairs=1,
+                          batch_size=1, device="cpu", show_progress=False, output_format="rank_llm")
+    with pytest.raises(UserError, match="stopped on purpose"):
+        run_rerank(broken, reranker=_FailsOnSecondGroup(fail=True))
+    assert not (tmp_path / "resumed.jsonl").exists() and (tmp_path / "resumed.jsonl.partial").is_file()
+    assert run_rerank(broken, reranker=_FailsOnSecondGroup(fail=False)).resumed_groups == 1
+    from dataclasses import replace
+
+    run_rerank(replace(broken, output=str(tmp_path / "whole.jsonl")), reranker=_FailsOnSecondGroup(fail=False))
+    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    first = json.loads((tmp_path / "whole.jsonl").read_text().splitlines()[0])
+    # scored by text length: the longest text first, with its text and our (rounded) score
+    assert [c["docid"] for c in first["candidates"]] == ["d1", "d3", "d2"]
+    assert first["candidates"][0] == {"docid": "d1", "score": 24.0, "doc": {"contents": "A cat is a small mammal."}}
