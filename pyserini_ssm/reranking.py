@@ -990,8 +990,10 @@ def with_default_topics(config: RerankConfig) -> RerankConfig:
         return config
     topics = default_topics_for_index(config.index)
     if topics is None:
-        raise UserError(f"--topics is needed with the local index {config.index}: add --topics NAME_OR_FILE (a "
-                        f"Pyserini name such as dl19-passage, or a TSV/TREC/JSONL file of the queries)")
+        which = (f"the local index {config.index}" if Path(config.index).exists() or os.sep in config.index
+                 else f"{config.index} (no standard evaluation topics are known for it)")
+        raise UserError(f"--topics is needed with {which}: add --topics NAME_OR_FILE (a Pyserini name such as "
+                        f"dl19-passage, or a TSV/TREC/JSONL file of the queries)")
     from dataclasses import replace
 
     return replace(config, topics=topics)
