@@ -60,12 +60,14 @@ def silence_truncation_warning() -> None:
 
 
 @contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """No hub/transformers warnings, retry messages or "Loading weights" bars inside the block."""
+def quiet_loading(bars: bool = False) -> Iterator[None]:
+    """No hub/transformers warnings or retry messages inside the block, and no progress bars ("Loading weights")
+    unless `bars` (a download is coming: its progress is worth showing)."""
     loggers = [logging.getLogger(name) for name in _THIRD_PARTY_LOADERS]
     levels = [logger.level for logger in loggers]
     previous_bars = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if not bars:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     transformers_logging = None
     with contextlib.suppress(ImportError):
         from transformers.utils import logging as transformers_logging  # type: ignore[no-redef]
@@ -75,10 +77,11 @@ def quiet_loading() -> Iterator[None]:
         transformers_logging.set_verbosity_error()
         with contextlib.suppress(AttributeError):
             bars_were_enabled = transformers_logging.is_progress_bar_enabled()
-            transformers_logging.disable_progress_bar()
+            if not bars:
+                transformers_logging.disable_progress_bar()
     hub_utils = sys.modules.get("huggingface_hub.utils")
     hub_bars_were_enabled = False
-    if hub_utils is not None and hasattr(hub_utils, "are_progress_bars_disabled"):
+    if not bars and hub_utils is not None and hasattr(hub_utils, "are_progress_bars_disabled"):
         hub_bars_were_enabled = not hub_utils.are_progress_bars_disabled()
         hub_utils.disable_progress_bars()
     for logger in loggers:

@@ -1182,9 +1182,20 @@ def load_reranker(config: RerankConfig, device: str | None):
     from pyserini_ssm.models.reranker import Reranker
 
     silence_truncation_warning()
-    with quiet_loading():
+    with quiet_loading(bars=_will_download(config.model)):
         return Reranker.from_pretrained(config.model, device=device, dtype=config.dtype,
                                         max_length=config.max_length, backend=config.backend)
+
+
+def _will_download(model: str) -> bool:
+    """Whether loading `model` downloads from the hub (a registry name not in the HF cache, the hub reachable)."""
+    from pyserini_ssm.models.registry import REGISTRY
+
+    if Path(model).expanduser().is_dir() or model not in REGISTRY:
+        return False
+    from pyserini_ssm.hub import cached_snapshot, hub_offline
+
+    return cached_snapshot(REGISTRY[model].checkpoint) is None and not hub_offline()
 
 
 def _device_type(device: str | None) -> str:
