@@ -867,12 +867,11 @@ def _load_qrels_first(config: RerankConfig) -> LoadedQrels | None:
 
 
 def _check_writable(output: Path) -> None:
+    """The run is written beside `output` and renamed onto it: the folder must be writable (the file need not be)."""
     parent = output.parent if str(output.parent) else Path(".")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to the output folder {parent} (read-only or no permission): choose another "
                         f"--output")
-    if output.exists() and not os.access(output, os.W_OK) and not os.access(parent, os.W_OK):
-        raise UserError(f"cannot replace {output}: choose another --output")
 
 
 def _dtype_fingerprint(dtype: str | None, device: str | None) -> str | None:
