@@ -121,7 +121,7 @@ def test_design_card_command_runs_verbatim_offline(tmp_path, bpe_tokenizer_dir, 
 
     with gzip.open(require_shared(*DL19_CANDIDATES), "rt", encoding="utf-8") as handle:
         dl19 = json.load(handle)
-    documents = {hit["docid"]: hit["content"] for query in dl19 for hit in query["hits"][:2]}
+    documents = {hit["docid"]: hit["content"] for query in dl19 for hit in query["hits"][:1]}
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": docid, "contents": text}) + "\n" for docid, text in documents.items()))
     monkeypatch.setenv("PYSERINI_CACHE", str(tmp_path / "pyserini-cache"))
