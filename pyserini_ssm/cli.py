@@ -21,8 +21,16 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
 
     A full disk, a quota, a file-size limit or a read-only/forbidden path that escaped the writers' own checks
     (`files.writing`) is one such line too. Under torchrun only rank 0 prints it; every rank exits 2. A SIGTERM
-    stops the command at a safe point (`pyserini_ssm.stopping`) with exit status 143.
+    stops the command at a safe point (`pyserini_ssm.stopping`) with exit status 143. Python warnings are logged as
+    one line each (`warning: ...`), without the source line Python prints under them.
     """
+    from pyserini_ssm.console import routed_warnings
+
+    with routed_warnings():
+        return _run(main, argv)
+
+
+def _run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None) -> int:
     from pyserini_ssm.stopping import EXIT_TERMINATED, Terminated, graceful_sigterm  # stdlib only: --help stays fast
 
     try:

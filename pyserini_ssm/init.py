@@ -124,8 +124,18 @@ def _tokenizer_or_hint(tokenizer: Any, spec: Any) -> Any:
     from pyserini_ssm.models.checkpoints import load_tokenizer
 
     source = tokenizer if tokenizer is not None else spec.tokenizer
+    if tokenizer is None:
+        from pyserini_ssm.hub import require_available
+
+        try:  # offline and not cached: say so at once, not after a minute of hub retries
+            require_available(spec.tokenizer, f"the tokenizer of {spec.name}")
+        except UserError as error:
+            raise UserError(f"{error}; or pass --tokenizer with a local tokenizer folder (or a .gguf file)") from None
     try:
-        return load_tokenizer(source)
+        from pyserini_ssm.console import quiet_loading
+
+        with quiet_loading():
+            return load_tokenizer(source)
     except UserError as error:
         if tokenizer is None:
             raise UserError(f"{error}; no tokenizer can be downloaded here: pass --tokenizer with a local tokenizer "

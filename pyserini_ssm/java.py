@@ -192,3 +192,27 @@ def _add_process_options() -> None:
     error_file = f"-XX:ErrorFile={os.path.join(tempfile.gettempdir(), 'hs_err_pid%p.log')}"
     wanted = ["-Xrs", error_file]
     jnius_config.add_options(*(option for option in wanted if option not in jnius_config.options))
+
+
+_quiet_loggers: list = []  # strong references: java.util.logging keeps loggers weakly, a level set on a dropped one is lost
+
+
+def quiet_java_logging() -> None:
+    """Once the JVM runs: Lucene's java.util.logging INFO lines ("Using MemorySegmentIndexInput with Java 21") and
+    Anserini's log4j INFO lines ("Downloading topics from ...") off; warnings and errors stay."""
+    if _quiet_loggers:
+        return
+    from jnius import JavaException, autoclass
+
+    level = autoclass("java.util.logging.Level")
+    for name in ("org.apache.lucene", "org.apache.lucene.store"):
+        logger = autoclass("java.util.logging.Logger").getLogger(name)
+        logger.setLevel(level.WARNING)
+        _quiet_loggers.append(logger)
+    try:
+        log4j_level = autoclass("org.apache.logging.log4j.Level")
+        autoclass("org.apache.logging.log4j.core.config.Configurator").setRootLevel(log4j_level.WARN)
+        autoclass("org.apache.logging.log4j.core.config.Configurator").setAllLevels("io.anserini", log4j_level.WARN)
+    except JavaException:  # no log4j core on the classpath: nothing to quiet
+        pass
+    _quiet_loggers.append(True)

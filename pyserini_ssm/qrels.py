@@ -13,7 +13,8 @@ from pathlib import Path
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.pyserini_names import QRELS_FILES
 from pyserini_ssm.runs import read_numbered_lines, split_columns
-from pyserini_ssm.topics import _offline_hint, error_summary, resolve_named_file, topics_dir_from
+from pyserini_ssm.topics import (_offline_hint, error_summary, require_download_host, resolve_named_file,
+                                  topics_dir_from)
 
 BEIR_HEADER = ("query-id", "corpus-id", "score")
 
@@ -22,6 +23,7 @@ def load_qrels(name_or_path: str | os.PathLike, topics_dir: str | os.PathLike | 
     """qid -> docid -> relevance grade, for a Pyserini qrels name (`dl19-passage`, ...) or a qrels file."""
     path, pyserini_name = resolve_named_file(name_or_path, QRELS_FILES, topics_dir, "qrels")
     if path is None:
+        require_download_host(pyserini_name, QRELS_FILES.get(pyserini_name), topics_dir, "qrels")
         from pyserini_ssm.first_stage import lucene  # lazily: starts the JVM
 
         try:

@@ -1,6 +1,9 @@
 """`python -m pyserini_ssm.rerank`: rerank BM25 candidates (or a run, or a candidates file) into a TREC run.
 
+    python -m pyserini_ssm.rerank --index msmarco-v1-passage --model mamba2-780m     (topics: dl19-passage)
     python -m pyserini_ssm.rerank --index msmarco-v1-passage --topics dl19-passage --model mamba2-780m
+    python -m pyserini_ssm.rerank --index INDEX --topics TOPICS --first-stage dense --dense-index DENSE --model DIR
+    python -m pyserini_ssm.rerank --candidates requests.jsonl --model DIR --output-format rank_llm   (rank_llm in/out)
     python -m pyserini_ssm.rerank --index INDEX --topics TOPICS --run bm25.txt --model DIR
     python -m pyserini_ssm.rerank --candidates retrieve_results_dl19.json.gz --model DIR --qrels dl19-passage
     torchrun --nproc-per-node 8 -m pyserini_ssm.rerank ...   (queries sharded over the GPUs, one merged run)
@@ -27,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Resumable: rerunning the same command after a crash continues from <output>.partial. "
         "Under torchrun, queries are sharded over the processes and rank 0 writes one run.",
     )
-    source = parser.add_argument_group("candidates (BM25 by default; or one of --run, --candidates)")
+    source = parser.add_argument_group("candidates (a first stage, BM25 by default; or one of --run, --candidates)")
     source.add_argument("--index", help="Lucene index folder or Pyserini prebuilt index name (BM25, document texts)")
-    source.add_argument("--topics", help="topics name (e.g. dl19-passage) or file (TSV, TREC, JSONL; .gz ok)")
+    source.add_argument("--topics", help="topics name (e.g. dl19-passage) or file (TSV, TREC, JSONL; .gz ok); default "
+                        "for a prebuilt index: its evaluation topics (msmarco-v1-passage: dl19-passage, msmarco-v1-doc: "
+                        "dl19-doc, BEIR: the test split)")
     source.add_argument("--topics-dir", help="folder holding Anserini topics/qrels files, for names offline")
     source.add_argument("--hits", type=int, default=1000, help="BM25 hits per query (default 1000)")
     source.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (default 0.9)")
@@ -39,10 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--fields", nargs="+", metavar="FIELD=BOOST",
                         help="BM25 over these fields, e.g. contents=1.0 title=1.0 (default: both of those for an "
                              "index with a title field, as Pyserini's BEIR multifield runs; else contents)")
+    source.add_argument("--first-stage", choices=("bm25", "dense", "hybrid"), default="bm25",
+                        help="bm25 over --index (default); dense: Pyserini's FaissSearcher over --dense-index; "
+                        "hybrid: both fused (--fusion); texts always come from --index")
+    source.add_argument("--dense-index", help="dense index folder (python -m pyserini_ssm.dense_index) or Pyserini "
+                        "prebuilt dense index name")
+    source.add_argument("--encoder", help="dense query encoder, the one the dense index was built with (default "
+                        "all-MiniLM-L6-v2)")
+    source.add_argument("--fusion", choices=("interpolation", "rrf"), default="interpolation",
+                        help="hybrid: min-max normalised interpolation (default) or reciprocal rank fusion")
+    source.add_argument("--alpha", type=float, default=0.5, help="hybrid interpolation: weight of BM25 (default 0.5)")
+    source.add_argument("--rrf-k", type=int, default=60, help="hybrid rrf: the constant k (default 60)")
     exclusive = source.add_mutually_exclusive_group()
     exclusive.add_argument("--run", help="rerank this TREC run (texts fetched from --index, queries from --topics)")
     exclusive.add_argument("--candidates",
-                           help='JSON list of {"query", "hits": [{"docid", "content", "qid", "score"}]} (.gz ok)')
+                           help='first-stage results with texts: rank_llm Requests (JSON list or JSONL of {"query": '
+                           '{"text", "qid"}, "candidates": [{"docid", "score", "doc": {...}}]}) or Pyserini\'s '
+                           '{"query", "hits": [{"docid", "content", "qid", "score"}]}; detected, .gz ok')
     source.add_argument("--skip-missing", action="store_true",
                         help="leave out documents missing from the index or with empty text (warns) instead of "
                         "stopping")
@@ -78,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="maxp: a new segment every N units (default half the window: 75 words, 5 sentences)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output", help="run file (default: runs/run.<source>.<model>.rerank<depth>.txt)")
+    output.add_argument("--output", help="run file (default: runs/run.<index>.<topics>.<first stage>.<model>"
+                        ".rerank<depth>.txt)")
+    output.add_argument("--output-format", choices=("trec", "msmarco", "rank_llm"), default="trec",
+                        help="trec (default); msmarco: qid<TAB>docid<TAB>rank; rank_llm: one Request per query "
+                        "(JSONL, a JSON list if --output ends in .json) with the reranked candidates, their texts "
+                        "and our scores, for a listwise reranker")
     output.add_argument("--tag", help="run tag (default: the model's name)")
     output.add_argument("--qrels", help="qrels name or file: print metrics before and after reranking "
                         "(default: the qrels of a named --topics)")
@@ -123,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         segment_unit=args.segment_unit,
         segment_window=args.segment_window,
         segment_stride=args.segment_stride,
+        first_stage=args.first_stage,
+        dense_index=args.dense_index,
+        encoder=args.encoder,
+        fusion=args.fusion,
+        alpha=args.alpha,
+        rrf_k=args.rrf_k,
+        output_format=args.output_format,
     )
     outcome = run_rerank(config)
     if rank == 0:

@@ -141,10 +141,23 @@ class RerankConfig:
     segment_unit: str = "words"  # words | sentences
     segment_window: int | None = None
     segment_stride: int | None = None
+    # The first stage when neither `run` nor `candidates` is given (see `first_stages.py`): bm25 over `index`;
+    # dense over `dense_index` with `encoder` (texts from `index`); hybrid fuses both (`fusion`, `alpha`, `rrf_k`).
+    first_stage: str = "bm25"
+    encoder: str | None = None  # dense query encoder (default all-MiniLM-L6-v2); must be the index's
+    dense_index: str | None = None
+    fusion: str = "interpolation"  # hybrid: interpolation (min-max normalised) | rrf
+    alpha: float = 0.5  # hybrid interpolation: weight of BM25
+    rrf_k: int = 60
+    output_format: str = "trec"  # trec | msmarco (qid<TAB>docid<TAB>rank) | rank_llm (Request JSONL)
 
     @property
     def source(self) -> str:
-        return "candidates" if self.candidates else "run" if self.run else "index"
+        if self.candidates:
+            return "candidates"
+        if self.run:
+            return "run"
+        return "index" if self.first_stage == "bm25" else self.first_stage
 
     def segment_config(self) -> SegmentConfig:
         """The MaxP segmentation: window default per unit (150 words, 10 sentences), stride default half the window
@@ -388,13 +401,19 @@ def merge_group_scores(queries: Sequence[QueryCandidates], reranked: Sequence[Se
     return results
 
 
+def _streams(reranker: Any) -> bool:
+    return getattr(reranker, "predict_stream", None) is not None
+
+
 def scores_in_turn(reranker: _Scorer, pair_lists: Iterable[list[tuple[str, str]]],
-                   batch_size: int) -> Iterator[Any]:
+                   batch_size: int, progress: Any = None) -> Iterator[Any]:
     """Scores of each list of pairs in turn: through `predict_stream` when the reranker has it (tokenizing the next
-    list while this one is scored), else one `predict` call per list."""
-    stream = getattr(reranker, "predict_stream", None)
-    if stream is not None:
-        return stream(pair_lists, batch_size=batch_size)
+    list while this one is scored; `progress`, a tqdm bar, advances by the pairs of each batch), else one `predict`
+    call per list."""
+    if _streams(reranker):
+        if progress is not None:
+            return reranker.predict_stream(pair_lists, batch_size=batch_size, progress=progress)
+        return reranker.predict_stream(pair_lists, batch_size=batch_size)
     return (reranker.predict(pairs, batch_size=batch_size) if pairs else [] for pairs in pair_lists)
 
 
@@ -539,9 +558,13 @@ class PartialRun:
             raise
         return cls(path, handle, done)
 
-    def commit(self, group: int, qids: Sequence[str], text: str) -> None:
+    def commit(self, group: int, qids: Sequence[str], text: str, requests: str | None = None) -> None:
+        """Append one finished group: its TREC lines, and with `--output-format rank_llm` its Request JSON lines."""
         offset = self._handle.seek(0, os.SEEK_END)
         record = {"group": group, "qids": list(qids), "text": text, "crc": zlib.crc32(text.encode("utf-8"))}
+        if requests is not None:
+            record["requests"] = requests
+            record["requests_crc"] = zlib.crc32(requests.encode("utf-8"))
         _append_line(self._handle, json.dumps(record, ensure_ascii=False))
         self.done[group] = offset
 
@@ -574,6 +597,9 @@ def _parse_record(raw: bytes) -> dict[str, Any] | None:
 
 
 def _valid_group_record(record: dict[str, Any]) -> bool:
+    if "requests" in record and (not isinstance(record["requests"], str)
+                                 or record.get("requests_crc") != zlib.crc32(record["requests"].encode("utf-8"))):
+        return False
     return (isinstance(record.get("group"), int) and isinstance(record.get("text"), str)
             and isinstance(record.get("qids"), list) and record.get("crc") == zlib.crc32(record["text"].encode("utf-8")))
 
@@ -638,8 +664,17 @@ def partial_path(output: Path, context: DistributedContext) -> Path:
     return output.with_name(f"{output.name}.rank{context.rank}-of-{context.world_size}.partial")
 
 
-def merge_partials(output: Path, partials: Sequence[Path], group_count: int) -> None:
-    """Write the final run: every group's lines, in group (= input) order, read back from the partial files."""
+OUTPUT_FORMATS = ("trec", "msmarco", "rank_llm")
+
+
+def merge_partials(output: Path, partials: Sequence[Path], group_count: int, output_format: str = "trec",
+                   collect_run: bool = False) -> dict[str, dict[str, float]] | None:
+    """Write the final run: every group's lines, in group (= input) order, read back from the partial files.
+
+    `output_format`: trec (as scored), msmarco (`qid<TAB>docid<TAB>rank`) or rank_llm (the Request of each query:
+    a JSON list when the output name ends in `.json`, else one JSON object a line). `collect_run`: also return the
+    run (qid -> docid -> score) for evaluation, read from the TREC lines.
+    """
     where: dict[int, tuple[Path, int]] = {}
     for path in partials:
         _, done, _ = _scan_partial(path)
@@ -649,73 +684,207 @@ def merge_partials(output: Path, partials: Sequence[Path], group_count: int) -> 
     if missing:
         raise RuntimeError(f"groups {missing[:10]} are in no partial file; cannot merge")
     handles: dict[Path, Any] = {}
+    run: dict[str, dict[str, float]] | None = {} if collect_run else None
+    as_json_list = output_format == "rank_llm" and output.name.endswith(".json")
     try:
         with atomic_output(output) as out:
+            if as_json_list:
+                out.write("[")
+            first = True
             for group in range(group_count):
                 path, offset = where[group]
                 if path not in handles:
                     handles[path] = open(path, "rb")
                 handle = handles[path]
                 handle.seek(offset)
-                out.write(json.loads(handle.readline().decode("utf-8"))["text"])
+                record = json.loads(handle.readline().decode("utf-8"))
+                text = record["text"]
+                if run is not None:
+                    for line in text.splitlines():
+                        qid, _, docid, _, score, _ = line.split()
+                        run.setdefault(qid, {})[docid] = float(score)
+                if output_format == "trec":
+                    out.write(text)
+                elif output_format == "msmarco":
+                    out.write("".join(f"{qid}\t{docid}\t{rank}\n" for qid, _, docid, rank, _, _ in
+                                      (line.split() for line in text.splitlines())))
+                else:
+                    lines = record.get("requests")
+                    if lines is None:
+                        raise RuntimeError(f"{path}: group {group} has no rank_llm requests")
+                    if as_json_list:
+                        for line in lines.splitlines():
+                            out.write(("\n" if first else ",\n") + line)
+                            first = False
+                    else:
+                        out.write(lines)
+            if as_json_list:
+                out.write("\n]\n")
     finally:
         for handle in handles.values():
             handle.close()
+    return run
+
+
+def rank_llm_request_line(query: QueryCandidates, ranked: Sequence[Hit], reranked: Sequence[Hit],
+                          below: int) -> str:
+    """One query as rank_llm's `Request` JSON line: `{"query": {"text", "qid"}, "candidates": [{"docid", "score",
+    "doc": {"contents"}}]}` with the reranked candidates in their new order and our scores (those below the depth,
+    whose texts are not loaded, are left out: a listwise reranker takes the top of the list)."""
+    ranked_ids = {hit.docid for hit in ranked}
+    texts: dict[str, str] = {}
+    for hit in reranked:  # maxp over segments `D1#3`: a document gets its best first-stage segment's text
+        docid = hit.docid if hit.docid in ranked_ids else doc_id_of_segment(hit.docid)
+        texts.setdefault(docid, hit.text or "")
+    head = ranked[:len(ranked) - below] if below else ranked
+    candidates = [{"docid": hit.docid, "score": hit.score, "doc": {"contents": texts.get(hit.docid, "")}}
+                  for hit in head]
+    return json.dumps({"query": {"text": query.query, "qid": query.qid}, "candidates": candidates},
+                      ensure_ascii=False) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Inputs
 
 
-def _load_queries(config: RerankConfig) -> tuple[list[RerankQuery], "_TextSource", str]:
+@dataclass
+class _Inputs:
+    """What the input files hold, read before anything expensive: topics (qid -> text) for a first stage or a run,
+    the run's hits, or the candidates (ids and scores only; the texts are read again per group)."""
+
+    topics: dict[str, str] | None = None
+    run: dict[str, list[Hit]] | None = None
+    candidates: list[RerankQuery] | None = None
+    digest: str | None = None
+
+
+def _read_inputs(config: RerankConfig) -> _Inputs:
+    """Parse the topics, run or candidates file (all of it) so that a malformed one fails before the model loads."""
+    if config.source == "candidates":
+        from pyserini_ssm.candidates import iter_candidates
+
+        maxp = config.doc_mode == "maxp"
+        digest = _InputDigest()
+        queries = []
+        for candidate in iter_candidates(config.candidates):
+            query = RerankQuery(str(candidate.qid), candidate.query, list(candidate.hits))
+            # The digest covers the texts of every hit that may be scored. In maxp the hits may be segments,
+            # whose head runs past `depth` (up to `depth` distinct documents).
+            digest.add(query, rerank_head_size(query.hits, config.rerank_depth, segments_are_hits=maxp),
+                       with_texts=True)
+            queries.append(RerankQuery(query.qid, query.query, [Hit(h.docid, h.score) for h in query.hits]))
+        if not queries:
+            raise UserError(f"{config.candidates}: the candidates file holds no queries")
+        return _Inputs(candidates=queries, digest=digest.hexdigest())
+
+    from pyserini_ssm.topics import load_topics
+
+    run = None
+    if config.source == "run":
+        from pyserini_ssm.runs import read_run
+
+        run = read_run(config.run)  # the file first: it is the user's, the topics may need the JVM
+    topics = load_topics(config.topics, topics_dir=config.topics_dir)
+    if run is not None:
+        unknown = [qid for qid in run if qid not in topics]
+        if unknown:
+            raise UserError(f"query {unknown[0]!r} of run {config.run} is not in topics {config.topics} "
+                            f"({len(unknown)} such queries): give the topics the run was made from")
+    return _Inputs(topics=topics, run=run)
+
+
+def _check_model_available(model: str) -> None:
+    """Before loading: a folder exists, or a registry model's weights can be had (offline: they are cached)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    from pyserini_ssm.models.registry import REGISTRY, get_spec
+
+    if model in REGISTRY:
+        from pyserini_ssm.hub import require_registry_model
+
+        spec = REGISTRY[model]
+        require_registry_model(spec.checkpoint, spec.tokenizer, spec.name)
+        return
+    if path.exists():
+        raise UserError(f"{path} is a file; --model takes a registry name or a checkpoint folder")
+    if os.sep in model and (model.startswith((".", "~", os.sep)) or model.count("/") > 1):
+        raise UserError(f"checkpoint folder not found: {path}")
+    get_spec(model)  # raises with the close matches
+
+
+@dataclass
+class _FirstStage:
+    """The opened first stage (Lucene searcher for texts and BM25, dense searcher and encoder) before it runs."""
+
+    searcher: Any = None
+    dense: Any = None  # first_stages.DenseStage
+
+
+def _open_first_stage(config: RerankConfig, inputs: _Inputs) -> _FirstStage:
+    """Open the Lucene index (texts; BM25) and the dense index: a prebuilt index missing offline fails here."""
+    if config.source == "candidates":
+        return _FirstStage()
+    from pyserini_ssm.first_stage.lucene import open_searcher
+
+    searcher = open_searcher(config.index)
+    dense = None
+    if config.source in ("dense", "hybrid"):
+        from pyserini_ssm.first_stages import open_dense_stage
+
+        dense = open_dense_stage(config.dense_index, config.encoder, threads=config.threads)
+    return _FirstStage(searcher, dense)
+
+
+def _load_queries(config: RerankConfig, inputs: _Inputs,
+                  first_stage: _FirstStage) -> tuple[list[RerankQuery], "_TextSource", str]:
     """(queries with their first-stage hits but no texts, where the texts come from, digest of the inputs).
 
     Texts are left out so that memory holds ids and scores only; `_TextSource.hydrate` brings them back for a few
     groups at a time (from the index, or by reading the candidates file again).
     """
-    depth = config.rerank_depth
-    # The digest covers the texts of every hit that may be scored. In maxp the hits may be segments, whose head runs
-    # past `depth` (up to `depth` distinct documents); for whole documents that count is `depth` all the same.
-    maxp = config.doc_mode == "maxp"
     if config.source == "candidates":
-        from pyserini_ssm.candidates import iter_candidates
+        return inputs.candidates, _CandidateTexts(config.candidates), inputs.digest
 
-        digest = _InputDigest()
-        queries = []
-        for candidate in iter_candidates(config.candidates):
-            query = RerankQuery(str(candidate.qid), candidate.query, list(candidate.hits))
-            digest.add(query, rerank_head_size(query.hits, depth, segments_are_hits=maxp), with_texts=True)
-            queries.append(RerankQuery(query.qid, query.query, [Hit(h.docid, h.score) for h in query.hits]))
-        if not queries:
-            raise UserError(f"{config.candidates}: the candidates file holds no queries")
-        return queries, _CandidateTexts(config.candidates), digest.hexdigest()
+    from pyserini_ssm.first_stages import RunFileStage, run_first_stage
 
-    from pyserini_ssm.first_stage.lucene import open_searcher
-    from pyserini_ssm.topics import load_topics
-
-    topics = load_topics(config.topics, topics_dir=config.topics_dir)
-    searcher = open_searcher(config.index)
+    topics, searcher = inputs.topics, first_stage.searcher
     if config.source == "run":
-        from pyserini_ssm.runs import read_run
-
-        first_stage = read_run(config.run)
-        unknown = [qid for qid in first_stage if qid not in topics]
-        if unknown:
-            raise UserError(f"query {unknown[0]!r} of run {config.run} is not in topics {config.topics} "
-                            f"({len(unknown)} such queries): give the topics the run was made from")
-        queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in first_stage.items()]
+        queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in RunFileStage(inputs.run).search(topics).items()]
     else:
-        from pyserini_ssm.first_stage.lucene import bm25_search
-        from pyserini_ssm.topics import is_beir_topics
-
-        fields = config.fields if config.fields is not None else searcher.default_fields()
-        first_stage = bm25_search(searcher, topics, hits=config.hits, k1=config.bm25_k1, b=config.bm25_b,
-                                  threads=config.threads, remove_query=is_beir_topics(config.topics), fields=fields)
-        queries = [RerankQuery(qid, topics[qid], first_stage.get(qid, [])) for qid in topics]
+        results = run_first_stage(config, searcher, first_stage.dense, topics)
+        queries = [RerankQuery(qid, topics[qid], results.get(qid, [])) for qid in topics]
     digest = _InputDigest()
     for query in queries:
-        digest.add(query, depth, with_texts=False)
+        digest.add(query, config.rerank_depth, with_texts=False)
     return queries, _IndexTexts(searcher, config.fetch_batch_size, config.skip_missing), digest.hexdigest()
+
+
+def _load_qrels_first(config: RerankConfig) -> LoadedQrels | None:
+    """The qrels (--qrels, else those of a named --topics), read before the rerank: a bad one fails first."""
+    name = _qrels_name(config)
+    if not name:
+        return None
+    from pyserini_ssm.qrels import load_qrels
+
+    return LoadedQrels(name, load_qrels(name, topics_dir=config.topics_dir))
+
+
+def _check_writable(output: Path) -> None:
+    """The run is written beside `output` and renamed onto it: the folder must be writable (the file need not be)."""
+    parent = output.parent if str(output.parent) else Path(".")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to the output folder {parent} (read-only or no permission): choose another "
+                        f"--output")
+
+
+def _dtype_fingerprint(dtype: str | None, device: str | None) -> str | None:
+    """The dtype a resumed run must share: None for the device's default (bf16 on CUDA, fp32 on CPU) whether or not
+    it was given (`--dtype fp32` on CPU resumes a run started without it), else the explicit one."""
+    if dtype is None:
+        return None
+    default = "bf16" if _device_type(device) == "cuda" else "fp32"
+    return None if dtype == default else dtype
 
 
 def _check_queries_fit(reranker: Any, queries: Sequence[RerankQuery]) -> None:
@@ -780,15 +949,65 @@ def _source_label(config: RerankConfig) -> str:
     if config.source == "candidates":
         label = stem(config.candidates)
     elif config.source == "run":
-        label = stem(config.run)
+        label = f"{stem(config.index or 'index')}.{stem(config.run)}"
     else:
-        label = f"{stem(config.topics or 'topics')}.bm25-top{config.hits}"
+        stage = "bm25" if config.source == "index" else config.source
+        label = f"{stem(config.index or 'index')}.{stem(config.topics or 'topics')}.{stage}-top{config.hits}"
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", label)
 
 
+OUTPUT_SUFFIXES = {"trec": ".txt", "msmarco": ".tsv", "rank_llm": ".jsonl"}
+
+
 def default_output(config: RerankConfig) -> Path:
-    """runs/run.<source>.<model>.rerank<depth>.txt"""
-    return DEFAULT_OUTPUT_DIR / f"run.{_source_label(config)}.{model_label(config.model)}.rerank{config.rerank_depth}.txt"
+    """runs/run.<index>.<topics>.<first stage>-top<hits>.<model>.rerank<depth>.txt (a run or candidates file names
+    itself instead of the topics); .tsv for msmarco output, .jsonl for rank_llm."""
+    suffix = OUTPUT_SUFFIXES.get(config.output_format, ".txt")
+    return DEFAULT_OUTPUT_DIR / (f"run.{_source_label(config)}.{model_label(config.model)}"
+                                 f".rerank{config.rerank_depth}{suffix}")
+
+
+def default_topics_for_index(index: str) -> str | None:
+    """The standard evaluation topics of a Pyserini prebuilt index name, or None (a folder, or no such convention):
+    msmarco-v1-passage* -> dl19-passage, msmarco-v1-doc* -> dl19-doc, beir-v1.0.0-<corpus>.* -> its test split."""
+    from pyserini_ssm.pyserini_names import TOPIC_FILES
+
+    if Path(index).exists() or "/" in index or os.sep in index:
+        return None
+    if index.startswith("msmarco-v1-passage"):
+        return "dl19-passage"
+    if index.startswith("msmarco-v1-doc"):
+        return "dl19-doc"
+    if index.startswith("beir-v1.0.0-"):
+        corpus = index[len("beir-v1.0.0-"):].split(".")[0]
+        for name in (f"beir-v1.0.0-{corpus}-test", f"beir-v1.0.0-{corpus}"):
+            if name in TOPIC_FILES:
+                return name
+    return None
+
+
+def with_default_topics(config: RerankConfig) -> RerankConfig:
+    """`config` with --topics filled in for a prebuilt index given without it (said on one line), so that the
+    design card's `rerank --index msmarco-v1-passage --model mamba2-780m` runs as written."""
+    if config.source == "candidates" or config.topics or not config.index:
+        return config
+    topics = default_topics_for_index(config.index)
+    if topics is None:
+        which = (f"the local index {config.index}" if Path(config.index).exists() or os.sep in config.index
+                 else f"{config.index} (no standard evaluation topics are known for it)")
+        raise UserError(f"--topics is needed with {which}: add --topics NAME_OR_FILE (a Pyserini name such as "
+                        f"dl19-passage, or a TSV/TREC/JSONL file of the queries)")
+    from dataclasses import replace
+
+    return replace(config, topics=topics)
+
+
+def _say_default_topics(original: RerankConfig, config: RerankConfig) -> None:
+    """One line when --topics was filled in (said once the inputs are known good, so an error stays alone)."""
+    if original.topics is None and config.topics is not None:
+        qrels = config.qrels or qrels_name_for_topics(config.topics)
+        logger.info("no --topics: using %s, the standard evaluation topics of %s (qrels %s)", config.topics,
+                    config.index, qrels or "none")
 
 
 def _validate(config: RerankConfig) -> None:
@@ -808,12 +1027,21 @@ def _validate(config: RerankConfig) -> None:
     config.segment_config()
     if config.run and config.candidates:
         raise UserError("give either --run or --candidates, not both")
+    _check_positive("--threads", config.threads)
+    if config.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"unknown --output-format {config.output_format!r}; choose {', '.join(OUTPUT_FORMATS)}")
+    from pyserini_ssm.first_stages import check_first_stage_flags
+
+    check_first_stage_flags(config.first_stage, config.dense_index, config.fusion, config.alpha, config.rrf_k)
+    if config.first_stage != "bm25" and (config.run or config.candidates):
+        raise UserError(f"--first-stage {config.first_stage} searches for candidates: it cannot be combined with "
+                        f"--run or --candidates")
     if config.source != "candidates":
         if not config.index:
             raise UserError("give --index (with --topics) to search it, --run with --index and --topics to rerank a "
                             "run, or --candidates")
-        if not config.topics:
-            raise UserError("--topics is needed with --index: the query texts (a Pyserini name or a file)")
+        if not config.topics and config.run:
+            raise UserError("--topics is needed with --run: the query texts of the run (a Pyserini name or a file)")
         if config.source == "index":
             from pyserini_ssm.first_stage.lucene import check_bm25_parameters
 
@@ -956,10 +1184,25 @@ def _progress(total: int, initial: int, enabled: bool, context: DistributedConte
 
 
 def load_reranker(config: RerankConfig, device: str | None):
+    """The model, loaded quietly (no hub retries or "Loading weights" bars; see `console.quiet_loading`)."""
+    from pyserini_ssm.console import quiet_loading, silence_truncation_warning
     from pyserini_ssm.models.reranker import Reranker
 
-    return Reranker.from_pretrained(config.model, device=device, dtype=config.dtype, max_length=config.max_length,
-                                    backend=config.backend)
+    silence_truncation_warning()
+    with quiet_loading(bars=_will_download(config.model)):
+        return Reranker.from_pretrained(config.model, device=device, dtype=config.dtype,
+                                        max_length=config.max_length, backend=config.backend)
+
+
+def _will_download(model: str) -> bool:
+    """Whether loading `model` downloads from the hub (a registry name not in the HF cache, the hub reachable)."""
+    from pyserini_ssm.models.registry import REGISTRY
+
+    if Path(model).expanduser().is_dir() or model not in REGISTRY:
+        return False
+    from pyserini_ssm.hub import cached_snapshot, hub_offline
+
+    return cached_snapshot(REGISTRY[model].checkpoint) is None and not hub_offline()
 
 
 def _device_type(device: str | None) -> str:
@@ -978,28 +1221,43 @@ def run_rerank(config: RerankConfig, *, reranker: Any = None,
     Returns on every rank; only rank 0 writes the final run and computes metrics.
     """
     _validate(config)
+    original, config = config, with_default_topics(config)
+    _output_path(config)
+    # Every input is read and checked before anything expensive (torch, the hub, the model, the JVM for a first
+    # stage of minutes): qrels, topics, a run or a candidates file; then whether the model can be had at all.
+    qrels = _load_qrels_first(config)
+    inputs = _read_inputs(config)
+    if reranker is None:
+        _check_model_available(config.model)
     own_context = context is None
     if context is None:
         context = init_from_env(_device_type(config.device))
     try:
-        return _run(config, reranker, context)
+        return _run(config, reranker, context, qrels, inputs, announce=lambda: _say_default_topics(original, config))
     finally:
         if own_context:
             shutdown(context)
 
 
-def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> RerankOutcome:
+def _output_path(config: RerankConfig) -> Path:
     output = Path(config.output) if config.output else default_output(config)
     if not config.output:
         output.parent.mkdir(parents=True, exist_ok=True)
     check_output_path(output)
+    _check_writable(output)
+    return output
+
+
+def _run(config: RerankConfig, reranker: Any, context: DistributedContext, qrels: "LoadedQrels | None",
+         inputs: "_Inputs", announce: Callable[[], None] = lambda: None) -> RerankOutcome:
+    output = _output_path(config)
     depth = config.rerank_depth
     tag = config.tag or model_label(config.model)
-
-    # The model first: a mistyped name should not wait for a first stage of minutes (or a multi-GB file parse).
+    first_stage = _open_first_stage(config, inputs)
+    announce()
     if reranker is None:
         reranker = load_reranker(config, device_for_rank(config.device, context))
-    queries, texts, input_digest = _load_queries(config)
+    queries, texts, input_digest = _load_queries(config, inputs, first_stage)
     if not queries:
         raise UserError("no queries to rerank")
     _check_queries_fit(reranker, queries)
@@ -1020,7 +1278,7 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         "batch_size": config.batch_size,
         "group_pairs": config.group_pairs,
         "max_length": config.max_length,
-        "dtype": config.dtype,
+        "dtype": _dtype_fingerprint(config.dtype, device_for_rank(config.device, context)),
         "backend": config.backend,
         "device_type": _device_type(device_for_rank(config.device, context)),
         "tag": tag,
@@ -1033,6 +1291,12 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     }
     if doc_mode.fingerprint() is not None:
         fingerprint["doc_mode"] = doc_mode.fingerprint()
+    if config.output_format != "trec":  # absent for trec: partial files of earlier versions stay valid
+        fingerprint["output_format"] = config.output_format
+    if config.source in ("dense", "hybrid"):
+        fingerprint["first_stage"] = {"dense_index": config.dense_index, "encoder": config.encoder,
+                                      "fusion": config.fusion if config.source == "hybrid" else None,
+                                      "alpha": config.alpha, "rrf_k": config.rrf_k}
     own_partial = partial_path(output, context)
     if context.is_main:
         current = {partial_path(output, DistributedContext(rank, context.world_size)).name
@@ -1084,7 +1348,10 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
         texts_ahead = prefetched(pair_lists())
         with contextlib.closing(texts_ahead), _progress(total_pairs, done_pairs, config.show_progress, context,
                                                         unit) as bar:
-            for scores in scores_in_turn(reranker, texts_ahead, config.batch_size):
+            # The bar moves with the pairs scored, batch by batch (`predict_stream` advances it); in maxp over whole
+            # documents it counts documents, one group at a time.
+            per_batch = bar if not doc_mode.cuts_documents else None
+            for scores in scores_in_turn(reranker, texts_ahead, config.batch_size, progress=per_batch):
                 item = prepared.popleft()
                 if isinstance(item, UserError):
                     raise item
@@ -1092,9 +1359,13 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
                 results = merge_group_scores(group.queries, reranked, tails, inputs, scores, doc_mode)
                 text = "".join(line for query, hits in zip(group.queries, results)
                                for line in format_run_lines(query.qid, hits, tag))
-                partial.commit(group.index, [query.qid for query in group.queries], text)
+                requests = None
+                if config.output_format == "rank_llm":
+                    requests = "".join(rank_llm_request_line(query, hits, head, len(tail))
+                                       for query, hits, head, tail in zip(group.queries, results, reranked, tails))
+                partial.commit(group.index, [query.qid for query in group.queries], text, requests)
                 scored_pairs += pairs
-                bar.update(group.pairs)
+                bar.update(group.pairs - (pairs if per_batch is not None and _streams(reranker) else 0))
     except UserError as error:
         # Finished groups stay in the partial file: fixing the input and rerunning resumes from them. A file with
         # nothing finished is removed, so a bad input leaves no trace.
@@ -1118,13 +1389,13 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext) -> Re
     if context.is_main:
         partials = [partial_path(output, DistributedContext(rank, context.world_size))
                     for rank in range(context.world_size)]
-        merge_partials(output, partials, len(groups))
+        reranked_run = merge_partials(output, partials, len(groups), config.output_format,
+                                      collect_run=qrels is not None)
         for path in partials:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        qrels = _qrels_name(config)
-        if qrels:
-            outcome.metrics = evaluate_before_after(queries, output, qrels, config,
+        if qrels is not None:
+            outcome.metrics = evaluate_before_after(queries, reranked_run, qrels, config,
                                                     segments_are_hits=doc_mode.segments_are_hits)
     return outcome
 
@@ -1138,26 +1409,41 @@ def _document_mode(config: RerankConfig, queries: Sequence[RerankQuery]) -> Docu
     return DocumentMode(config.doc_mode, segments, presegmented)
 
 
-def evaluate_before_after(queries: Sequence[RerankQuery], output: Path, qrels_name: str, config: RerankConfig,
+@dataclass(frozen=True)
+class LoadedQrels:
+    """Judgments read before the rerank (a bad --qrels fails first), and the name that picks the 2CR convention."""
+
+    name: str
+    judgments: dict[str, dict[str, int]]
+
+
+def evaluate_before_after(queries: Sequence[RerankQuery], reranked: Path | dict[str, dict[str, float]],
+                          qrels: "LoadedQrels | str", config: RerankConfig,
                           segments_are_hits: bool = False) -> dict[str, tuple[float, float]]:
     """metric -> (first stage, reranked), pytrec_eval with Pyserini's conventions, judged queries only.
 
+    `reranked`: the reranked run (qid -> docid -> score) or a TREC run file. `qrels`: loaded, or a name/file.
     `segments_are_hits`: the first stage returned segments `D1#3`; it is judged as documents, each at its best
     segment (Pyserini's max-passage), as the reranked run is.
     """
     from pyserini_ssm.evaluation import evaluate
-    from pyserini_ssm.qrels import load_qrels
     from pyserini_ssm.runs import read_run, run_as_dict
 
-    qrels = load_qrels(qrels_name, topics_dir=config.topics_dir)
-    hint = qrels_name  # picks the 2CR convention (DL: MAP/R@1000 at level 2, ...)
+    if not isinstance(qrels, LoadedQrels):
+        from pyserini_ssm.qrels import load_qrels
+
+        qrels = LoadedQrels(str(qrels), load_qrels(qrels, topics_dir=config.topics_dir))
+    if not isinstance(reranked, dict):
+        reranked = run_as_dict(read_run(reranked))
+    hint = qrels.name  # picks the 2CR convention (DL: MAP/R@1000 at level 2, ...)
+    qrels = qrels.judgments
     metrics = list(config.metrics) if config.metrics else None
     first_stage = {query.qid: query.hits for query in queries}
     if segments_are_hits:
         first_stage = max_passage_run(first_stage, hits=max(1, *(len(hits) for hits in first_stage.values())))
     before_run = {qid: {hit.docid: float(hit.score) for hit in hits} for qid, hits in first_stage.items()}
     before = evaluate(before_run, qrels, metrics, collection_hint=hint)
-    after = evaluate(run_as_dict(read_run(output)), qrels, metrics, collection_hint=hint)
+    after = evaluate(reranked, qrels, metrics, collection_hint=hint)
     return {name: (before[name], after[name]) for name in before}
 
 

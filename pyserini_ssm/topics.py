@@ -41,6 +41,12 @@ def topics_dir_from(topics_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def anserini_cache_dir() -> Path:
+    """Where Anserini (under Pyserini) saves the topics and qrels it downloads: ~/.cache/pyserini/topics-and-qrels
+    (Java's user.home; PYSERINI_CACHE does not move it)."""
+    return Path.home() / ".cache" / "pyserini" / "topics-and-qrels"
+
+
 def _installed_pyserini_differs() -> bool:
     try:
         from importlib.metadata import PackageNotFoundError, version
@@ -70,6 +76,9 @@ def resolve_named_file(
     if text in table:
         if folder is not None and (folder / table[text]).is_file():
             return folder / table[text], None
+        cached = anserini_cache_dir() / table[text]
+        if cached.is_file() and cached.stat().st_size > 0:  # downloaded earlier by Anserini: no JVM, no network
+            return cached, None
         return None, text
     if folder is not None and "/" not in text and (folder / text).is_file():
         return folder / text, None
@@ -99,6 +108,20 @@ def _offline_hint(name: str, file_name: str | None, folder: Path | None, kind: s
     )
 
 
+ANSERINI_TOOLS_URL = "https://raw.githubusercontent.com/castorini/anserini-tools/master/topics-and-qrels/"
+
+
+def require_download_host(name: str, file_name: str | None, topics_dir: str | os.PathLike | None, kind: str) -> None:
+    """Before starting the JVM to download a topics/qrels file: fail at once (no JVM, no Java download messages)
+    when the host Anserini downloads from cannot be reached."""
+    from pyserini_ssm.hub import host_reachable
+
+    if not host_reachable(ANSERINI_TOOLS_URL):
+        message = _offline_hint(name, file_name, topics_dir_from(topics_dir), kind)
+        raise UserError(f"{message} [{ANSERINI_TOOLS_URL.split('/')[2]} cannot be reached; Anserini's cache "
+                        f"{anserini_cache_dir()} does not hold it either]")
+
+
 def is_beir_topics(topics: str | os.PathLike) -> bool:
     """BEIR topics by Pyserini name (`beir-v1.0.0-...`) or Anserini file name (`topics.beir-v1.0.0-...`): their
     runs drop a hit whose docid is the query id, as Pyserini's BEIR runs do."""
@@ -111,6 +134,7 @@ def load_topics(name_or_path: str | os.PathLike, topics_dir: str | os.PathLike |
     path, pyserini_name = resolve_named_file(name_or_path, TOPIC_FILES, topics_dir, "topics")
     if path is not None:
         return read_topics_file(path)
+    require_download_host(pyserini_name, TOPIC_FILES.get(pyserini_name), topics_dir, "topics")
     from pyserini_ssm.first_stage import lucene  # lazily: starts the JVM
 
     try:

@@ -49,7 +49,8 @@ def test_gzip_detected_by_content(tmp_path):
         ([{"query": "x", "hits": [_hit(), _hit("d2", qid=2)]}], "differs"),
         ([{"query": "x", "hits": [_hit()]}, {"query": "y", "hits": [_hit()]}], "query #1: query id '1' appears twice"),
         ([{"query": "x", "hits": []}], "no query id"),
-        ({"query": "x"}, "JSON list"),
+        ({"query": "x"}, "missing key 'candidates' \\(rank_llm\\) or 'hits' \\(Pyserini\\)"),  # one JSON line
+        ("hello", "expected a JSON list of queries"),
         ('[{"query": "x", "hits": [', "invalid JSON|ends early"),
         ('[{"query": "x", "qid": 3, "hits": []}] trailing', "after the JSON list"),
         ("[]", "no queries"),

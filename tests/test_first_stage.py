@@ -112,8 +112,9 @@ def test_unknown_and_offline_prebuilt_indexes():
         open_searcher("no-such-prebuilt-index")
     try:
         open_searcher("beir-v1.0.0-scifact.flat")
-    except UserError as error:  # offline (CI, this machine): Pyserini's None is turned into a clear error
-        assert "needs internet" in str(error)
+    except UserError as error:  # offline (CI, this machine): at once, naming Pyserini's cache and the download
+        assert "is not in Pyserini's cache" in str(error) and "download_prebuilt_index('beir-v1.0.0-scifact.flat')" \
+            in str(error)
 
 
 @pytest.mark.java

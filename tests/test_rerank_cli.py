@@ -136,7 +136,9 @@ def test_checkpoint_folder_missing_files(tmp_path, model_dir, capsys):
     [
         ('[{"query": "q", "hits": [{"docid": "d", "content": "t", "qid": 1, "score": 1.0}]', r"invalid JSON in query #0"),
         ('[{"query": "q", "hits": [{"docid": "d", "qid": 1, "score": 1.0}]}]', r"missing key 'content'"),
-        ('{"query": "q"}', r"JSON list"),
+        ('{"query": "q"}', r"missing key 'candidates' \(rank_llm\) or 'hits'"),
+        ('{"query": {"text": "q", "qid": 1}, "candidates": [{"docid": "d", "score": 1, "doc": {}}]}',
+         r"candidate #0: document 'd' has no text"),
     ],
 )
 def test_malformed_candidates(tmp_path, model_dir, capsys, content, pattern):

@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,11 @@ def test_default_output_and_tag_name_the_source_and_model():
     assert model_label("mamba2-780m") == "mamba2-780m"
     assert default_output(config) == Path("runs/run.retrieve_results_dl19.my_model.rerank50.txt")
     config = RerankConfig(model="mamba2-780m", index="msmarco-v1-passage", topics="dl19-passage")
-    assert default_output(config) == Path("runs/run.dl19-passage.bm25-top1000.mamba2-780m.rerank100.txt")
+    assert default_output(config) == Path(
+        "runs/run.msmarco-v1-passage.dl19-passage.bm25-top1000.mamba2-780m.rerank100.txt")  # index, topics, model, depth
+    assert default_output(replace(config, output_format="rank_llm")).suffix == ".jsonl"
+    assert default_output(replace(config, first_stage="dense", hits=100)).name.startswith(
+        "run.msmarco-v1-passage.dl19-passage.dense-top100.")
 
 
 # --------------------------------------------------------------------------------------------------- partial file

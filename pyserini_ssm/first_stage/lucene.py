@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Mapping
 from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.files import check_output_folder, make_temporary_folder, storage_error_message
 from pyserini_ssm.first_stage.corpus import CorpusScan, check_corpus
-from pyserini_ssm.java import ensure_java
+from pyserini_ssm.java import ensure_java, quiet_java_logging
 from pyserini_ssm.runs import Hit, warn_duplicates
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def _java_classes():
     ensure_java()
     from pyserini.pyclass import autoclass  # noqa: F401  (configures the classpath, starts the JVM)
 
+    quiet_java_logging()
     return autoclass
 
 
@@ -72,7 +73,7 @@ def _java_classes():
 
 def pyserini_topics(name: str) -> dict[str, str]:
     """Topics by Pyserini name through Pyserini itself (downloads them: needs internet). qid -> title text."""
-    ensure_java()
+    _java_classes()
     from pyserini.search import get_topics
 
     topics = get_topics(name)
@@ -85,7 +86,7 @@ def pyserini_topics(name: str) -> dict[str, str]:
 
 def pyserini_qrels_file(name: str) -> str:
     """Path of a qrels file by Pyserini name (downloaded by Pyserini into its cache: needs internet)."""
-    ensure_java()
+    _java_classes()
     from pyserini.search import get_qrels_file
 
     path = get_qrels_file(name)
@@ -428,7 +429,7 @@ def open_searcher(index: str | os.PathLike) -> LuceneSearcher:
     name = str(index)
     if "/" in name or os.sep in name:
         raise UserError(f"index folder not found: {path}")
-    ensure_java()
+    _java_classes()
     from pyserini.prebuilt_index_info import IMPACT_INDEX_INFO, TF_INDEX_INFO
     from pyserini.util import download_prebuilt_index
 
@@ -436,6 +437,19 @@ def open_searcher(index: str | os.PathLike) -> LuceneSearcher:
         raise UserError(
             f"index not found: {name!r} is neither a folder nor a Pyserini prebuilt index name "
             "(e.g. msmarco-v1-passage, beir-v1.0.0-scifact.flat)"
+        )
+    cached = prebuilt_index_cache_path(name)
+    if _is_lucene_index(cached):  # in Pyserini's cache: open it as is, no download attempt
+        return _simple_searcher(str(cached), prebuilt_name=name)
+    info = TF_INDEX_INFO.get(name) or IMPACT_INDEX_INFO[name]
+    from pyserini_ssm.hub import host_reachable
+
+    if not any(host_reachable(url) for url in info["urls"][:1]):  # offline: fail now, without Pyserini's retries
+        raise UserError(
+            f"prebuilt index {name!r} is not in Pyserini's cache ({cached}) and {info['urls'][0].split('/')[2]} "
+            f"cannot be reached: on a machine with internet, download it with "
+            f"`python -c \"from pyserini.util import download_prebuilt_index; download_prebuilt_index('{name}')\"` "
+            f"into the same PYSERINI_CACHE, or pass a local index folder to --index"
         )
     try:
         index_dir = download_prebuilt_index(name, verbose=False)
@@ -448,6 +462,22 @@ def open_searcher(index: str | os.PathLike) -> LuceneSearcher:
             "build a local index with pyserini_ssm.index and pass its folder to --index"
         )
     return _simple_searcher(str(index_dir), prebuilt_name=name)
+
+
+def prebuilt_index_cache_path(name: str) -> Path:
+    """Where Pyserini keeps a downloaded prebuilt Lucene index: `$PYSERINI_CACHE/indexes/<tarball name>.<md5>`
+    (PYSERINI_CACHE defaults to ~/.cache/pyserini), as `pyserini.util.download_prebuilt_index` unpacks it."""
+    _java_classes()
+    import re
+
+    from pyserini.prebuilt_index_info import IMPACT_INDEX_INFO, TF_INDEX_INFO
+    from pyserini.util import get_cache_home
+
+    info = TF_INDEX_INFO.get(name) or IMPACT_INDEX_INFO.get(name)
+    if info is None:
+        raise UserError(f"{name!r} is not a Pyserini prebuilt Lucene index name")
+    tarball = info.get("filename") or info["urls"][0].split("/")[-1]
+    return Path(get_cache_home()) / "indexes" / f"{re.sub(r'.tar.gz.*$', '', tarball)}.{info['md5']}"
 
 
 def iter_bm25_batches(

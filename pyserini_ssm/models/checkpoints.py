@@ -451,6 +451,10 @@ def load_folder(directory: Path, dtype: Any = None, tokenizer: Any = None) -> Lo
 
 def load_registry_checkpoint(spec: ModelSpec, dtype: Any = None, tokenizer: Any = None) -> LoadedCheckpoint:
     """A registry model's pretrained backbone from the Hugging Face Hub (cached after the first download)."""
+    from pyserini_ssm.hub import require_registry_model
+
+    # Offline (HF_HUB_OFFLINE, or the hub unreachable) and not cached: one line at once, no minute of retries.
+    require_registry_model(spec.checkpoint, spec.tokenizer if tokenizer is None else "", spec.name)
     try:
         if spec.family in MAMBA_FAMILIES:
             from huggingface_hub import snapshot_download
