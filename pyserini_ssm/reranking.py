@@ -793,6 +793,14 @@ def _read_inputs(config: RerankConfig) -> _Inputs:
     return _Inputs(topics=topics, run=run)
 
 
+def _check_precision(config: RerankConfig) -> None:
+    """`--dtype fp8` needs a CUDA GPU of compute capability >= 8.9: a flag error, said before the model is looked for."""
+    if config.dtype == "fp8":
+        from pyserini_ssm.models.reranker import resolve_device, resolve_precision
+
+        resolve_precision(config.dtype, resolve_device(config.device))
+
+
 def _check_model_available(model: str) -> None:
     """Before loading: a folder exists, or a registry model's weights can be had (offline: they are cached)."""
     path = Path(model).expanduser()
@@ -1228,6 +1236,7 @@ def run_rerank(config: RerankConfig, *, reranker: Any = None,
     qrels = _load_qrels_first(config)
     inputs = _read_inputs(config)
     if reranker is None:
+        _check_precision(config)
         _check_model_available(config.model)
     own_context = context is None
     if context is None:

@@ -724,6 +724,12 @@ class MambaKernelBackbone(nn.Module):
             self.last_ssd_kernels = f"{stock} (short SSD unsupported: {reason})"
             return None
         plan = plan_short_ssd(seq_idx, input_ids.shape[1], input_ids.device, block_t=self.ssd_block_t)
+        if plan.tiles == 0 and type(self.layers[0].mixer.out_proj) is nn.Linear:
+            # Every sequence is longer than a tile: the short SSD has nothing to do, and mamba_ssm's fused path
+            # (conv, scan and out_proj in one autograd function) beats our mixer around its chunked scan. Under FP8
+            # out_proj is an Fp8Linear that the fused path cannot read, so our mixer keeps the row.
+            self.last_ssd_kernels = f"{stock} (no sequence of <= {plan.block_t} tokens in the row)"
+            return None
         kernels = f"short-ssd triton ({plan.tiles} tiles of <= {plan.block_t} tokens)"
         if plan.long_sequences:
             kernels += (f" + mamba_chunk_scan_combined ({plan.long_sequences} sequences > {plan.block_t} tokens, "
