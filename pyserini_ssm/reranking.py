@@ -814,8 +814,10 @@ def _check_model_available(model: str) -> None:
         spec = REGISTRY[model]
         require_registry_model(spec.checkpoint, spec.tokenizer, spec.name)
         return
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return  # a GGUF checkpoint (models.gguf checks its header when it loads)
     if path.exists():
-        raise UserError(f"{path} is a file; --model takes a registry name or a checkpoint folder")
+        raise UserError(f"{path} is a file; --model takes a registry name, a checkpoint folder or a .gguf file")
     if os.sep in model and (model.startswith((".", "~", os.sep)) or model.count("/") > 1):
         raise UserError(f"checkpoint folder not found: {path}")
     get_spec(model)  # raises with the close matches
