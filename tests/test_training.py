@@ -203,11 +203,12 @@ def test_schedule_rejects_too_little_data():
 def beir_with_index(tmp_path_factory):
     pytest.importorskip("pyserini")
     from pyserini_ssm.first_stage.lucene import build_index
+    from pyserini_ssm.first_stage.lucene_documents import LuceneDocuments
 
     root = tmp_path_factory.mktemp("mining")
     folder = write_beir(root / "beir")
     build_index(folder, root / "index")
-    return folder, str(root / "index")
+    return folder, LuceneDocuments(root / "index")  # training opens no Lucene itself: the index is passed in
 
 
 @pytest.mark.java
