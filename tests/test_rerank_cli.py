@@ -184,6 +184,7 @@ def test_nonpositive_depth_is_a_user_error(tmp_path, capsys):
 # --------------------------------------------------------------------------------------- torchrun, SIGKILL, resume
 
 
+@pytest.mark.slow  # 29 s on 2 busy cores; sharding under torchrun: test_distributed.py (9 s)
 def test_torchrun_two_gloo_processes_equal_one_process(tmp_path, model_dir, capsys):
     candidates = write_subset(tmp_path / "c.json", queries=7, hits=25)
     common = ["--candidates", str(candidates), "--model", str(model_dir), "--rerank-depth", "20",
@@ -206,6 +207,7 @@ def test_torchrun_two_gloo_processes_equal_one_process(tmp_path, model_dir, caps
     assert sorted(path.name for path in tmp_path.iterdir()) == ["c.json", "merged.txt", "single.txt"]
 
 
+@pytest.mark.slow  # 36 s on 2 busy cores; torn partial files and resuming: test_reranking.py (in-process)
 def test_sigkill_midway_then_rerun_is_byte_identical(tmp_path, model_dir, capsys, caplog):
     candidates = require_shared(*DL19_CANDIDATES)
     # One query per group (30 pairs), so that progress is committed query by query.
