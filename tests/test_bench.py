@@ -71,10 +71,8 @@ def test_bench_end_to_end_writes_json_lines_and_png(tmp_path, capsys):
     assert "padded-random" in table and "crossencoder" in table
 
 
-# The Mamba ones take 13 and 25 s on 2 busy cores; Mamba-2 packing equals padding in test_reranker.py (5 s) too.
-@pytest.mark.parametrize("name", [pytest.param("mamba1-130m", marks=pytest.mark.slow),
-                                  pytest.param("mamba2-130m", marks=pytest.mark.slow), SAME_SIZE_LLAMA, "opt-350m",
-                                  "minilm-l6", "roberta-base"])
+@pytest.mark.parametrize("name", [pytest.param("mamba1-130m", marks=pytest.mark.slow), "mamba2-130m", SAME_SIZE_LLAMA, "opt-350m", "minilm-l6",
+                                  "roberta-base"])
 def test_sorted_and_packed_scores_equal_the_padded_baseline(name, tokenizer):
     reranker = tiny(name, tokenizer)
     workload = msmarco_workload(reranker.encoder, 24, candidates=None, seed=1)
