@@ -389,7 +389,7 @@ def build_bench_reranker(name: str, *, scale: str = "full", tokenizer: Any = Non
     if Path(name).is_dir():
         return Reranker.from_pretrained(name, device=device, dtype=dtype, max_length=max_length, backend=backend,
                                         tokenizer=tokenizer)
-    from pyserini_ssm.init import build_random_reranker
+    from pyserini_ssm.models.random_init import build_random_reranker
     from pyserini_ssm.models.checkpoints import load_tokenizer
 
     spec = replace(bench_spec(name), max_length=max_length)

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pyserini_ssm.errors import UserError
+    from pyserini_ssm.first_stage.lucene_documents import LuceneDocuments  # no JVM until the index is read
     from pyserini_ssm.training.data import DataSource, load_examples, write_training_jsonl
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mine_only:
         if not args.write_jsonl:
             raise UserError("--mine-only needs --write-jsonl FILE")
-        count = write_training_jsonl(load_examples(source), args.write_jsonl)
+        count = write_training_jsonl(load_examples(source, LuceneDocuments), args.write_jsonl)
         print(f"wrote {count} training queries to {args.write_jsonl}")
         return 0
     if not args.model or not args.output:
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dist_info = setup_distributed(config.device)
 
     def examples():
-        loaded = load_examples(source)
+        loaded = load_examples(source, LuceneDocuments)
         if args.write_jsonl:
             write_training_jsonl(loaded, args.write_jsonl)
         return loaded

@@ -638,18 +638,24 @@ def test_prefetched_keeps_order_and_runs_a_bounded_way_ahead():
 
 
 def test_prefetched_overlaps_producing_with_consuming():
-    import time
+    import threading
 
-    def slow_source():
+    # Overlap shown by order, not by a clock: item n + 1 is read while the consumer still holds item n. Read in the
+    # consumer's thread, item n + 1 would wait for the consumer's next() and its event would never be set here (the
+    # timeout only bounds a failing run).
+    reading = [threading.Event() for _ in range(5)]
+
+    def source():
         for number in range(5):
-            time.sleep(0.2)  # reading texts: blocking, like a JNI call or file read
+            reading[number].set()  # reading texts: blocking, like a JNI call or file read
             yield number
 
-    start = time.perf_counter()
-    for _ in prefetched(slow_source()):
-        time.sleep(0.2)  # scoring: the host waits for the device
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.7, f"{elapsed:.2f} s: one after the other would take 2.0 s, overlapped about 1.2 s"
+    consumed = []
+    for number in prefetched(source()):
+        if number + 1 < len(reading):  # scoring item `number`: the device busy, the host waiting
+            assert reading[number + 1].wait(timeout=30), f"item {number + 1} was not read while {number} was scored"
+        consumed.append(number)
+    assert consumed == list(range(5))
 
 
 def test_prefetched_raises_a_producer_error_at_its_item():

@@ -203,11 +203,26 @@ def test_schedule_rejects_too_little_data():
 def beir_with_index(tmp_path_factory):
     pytest.importorskip("pyserini")
     from pyserini_ssm.first_stage.lucene import build_index
+    from pyserini_ssm.first_stage.lucene_documents import LuceneDocuments
 
     root = tmp_path_factory.mktemp("mining")
     folder = write_beir(root / "beir")
     build_index(folder, root / "index")
-    return folder, str(root / "index")
+    return folder, LuceneDocuments(root / "index")  # training opens no Lucene itself: the index is passed in
+
+
+def test_an_index_path_is_refused_with_the_opener_to_use(tmp_path):
+    # Training never opens Lucene itself (no first stage, no Java on the GPU machines): a path must come opened.
+    folder = write_beir(tmp_path / "beir")
+    with pytest.raises(TypeError, match="LuceneDocuments"):
+        load_beir_training(folder, index=str(tmp_path / "index"))
+    with pytest.raises(TypeError, match="open_index"):
+        load_examples(DataSource(beir=str(folder), index=str(tmp_path / "index")))
+    opened = []
+    with pytest.raises(TypeError, match="LuceneDocuments"):  # what the opener returns is used (a path again here)
+        load_examples(DataSource(beir=str(folder), index=str(tmp_path / "index")), lambda path: opened.append(path)
+                      or path)
+    assert opened == [str(tmp_path / "index")]
 
 
 @pytest.mark.java

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+from pyserini_ssm.bm25 import check_bm25_parameters  # noqa: F401  (also imported from here by callers)
 from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.files import check_output_folder, make_temporary_folder, storage_error_message
 from pyserini_ssm.first_stage.corpus import CorpusScan, check_corpus
@@ -46,17 +47,6 @@ def parse_fields(specs: Iterable[str] | None) -> dict[str, float] | None:
                             "title=1.0")
         fields[name] = value
     return fields or None
-
-
-def check_bm25_parameters(k1: float, b: float, prefix: str = "--") -> None:
-    """BM25's valid range (k1 >= 0, 0 <= b <= 1), checked before the JVM: Lucene's BM25Similarity would throw an
-    IllegalArgumentException from deep inside the search."""
-    if not (k1 >= 0 and k1 != float("inf")):
-        raise UserError(f"{prefix}k1 must be a finite number >= 0 (BM25 term saturation), got {k1:g}; Pyserini's "
-                        "default is 0.9")
-    if not 0 <= b <= 1:
-        raise UserError(f"{prefix}b must be between 0 and 1 (BM25 length normalisation), got {b:g}; Pyserini's "
-                        "default is 0.4")
 
 
 def _java_classes():

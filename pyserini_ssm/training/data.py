@@ -23,13 +23,37 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
+from pyserini_ssm.bm25 import check_bm25_parameters
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import atomic_output
 from pyserini_ssm.runs import read_numbered_lines
 
 logger = logging.getLogger(__name__)
+
+
+class DocumentIndex(Protocol):
+    """What training data needs from an index of the collection: BM25 top-k docids per query, and texts by docid.
+
+    Training code runs where there is no Java and never imports the first stage: `python -m pyserini_ssm.train`
+    passes `pyserini_ssm.first_stage.lucene_documents.LuceneDocuments`, the Lucene implementation.
+    """
+
+    def bm25_docids(self, queries: Mapping[str, str], *, hits: int, k1: float, b: float, threads: int,
+                    remove_query: bool = False) -> dict[str, list[str]]:
+        """qid -> BM25 top-`hits` docids, best first."""
+
+    def texts(self, docids: Sequence[str]) -> dict[str, str]:
+        """docid -> text; a docid missing from the index is a UserError naming it."""
+
+
+def _document_index(index) -> DocumentIndex | None:
+    """`index` as a DocumentIndex: a path here is a caller's mistake (training cannot open Lucene itself)."""
+    if isinstance(index, (str, os.PathLike)):
+        raise TypeError(f"index={str(index)!r} is a path: pass an opened index instead, e.g. "
+                        "pyserini_ssm.first_stage.lucene_documents.LuceneDocuments(path)")
+    return index
 
 
 @dataclass
@@ -76,15 +100,17 @@ def _entry_text(entry, where: str) -> tuple[str | None, str | None]:
     raise UserError(f"{where}: a positive/negative must be a string or an object with docid/text, got {entry!r}")
 
 
-def read_training_jsonl(path: str | os.PathLike, *, index: str | None = None, negatives_depth: int = 100,
+def read_training_jsonl(path: str | os.PathLike, *, index: DocumentIndex | None = None, negatives_depth: int = 100,
                         bm25_k1: float = 0.9, bm25_b: float = 0.4, threads: int = 1) -> list[TrainingExample]:
     """Read `{"query", "positives", "negatives"}` lines (gzip allowed) into examples.
 
-    Without `index`, string entries are texts. With `index`, string entries are docids whose texts are fetched from
-    the index (a docid missing from it is a UserError), and a line without negatives gets BM25-mined ones.
+    Without `index`, string entries are texts. With `index` (a `DocumentIndex`), string entries are docids whose
+    texts are fetched from the index (a docid missing from it is a UserError), and a line without negatives gets
+    BM25-mined ones.
     Tevatron's `positive_passages`/`negative_passages` objects (`docid`, `title`, `text`) are read as texts.
     """
     path = Path(path)
+    index = _document_index(index)
     rows: list[tuple[int, str, str | None, list, list]] = []
     for number, line in read_numbered_lines(path):  # bad UTF-8 or gzip: file:line, no traceback
         if not line.strip():
@@ -134,8 +160,8 @@ def _require_text(entry, where: str) -> str:
     return text
 
 
-def _resolve_jsonl_docids(path: Path, rows, index: str, *, negatives_depth: int, bm25_k1: float, bm25_b: float,
-                          threads: int) -> list[TrainingExample]:
+def _resolve_jsonl_docids(path: Path, rows, index: DocumentIndex, *, negatives_depth: int, bm25_k1: float,
+                          bm25_b: float, threads: int) -> list[TrainingExample]:
     """JSONL entries as docids: fetch their texts from `index`, mine negatives for lines that have none.
 
     A plain string is a docid; an object with a text keeps its text (its docid, if any, still counts as a positive
@@ -178,28 +204,22 @@ def _resolve_jsonl_docids(path: Path, rows, index: str, *, negatives_depth: int,
 # Sources 2 and 3: qrels + queries + (corpus | index), negatives mined by BM25
 
 
-def mine_bm25_negatives(index: str, queries: Mapping[str, str], positives: Mapping[str, set[str]], *, depth: int,
-                        k1: float = 0.9, b: float = 0.4, threads: int = 1,
+def mine_bm25_negatives(index: DocumentIndex, queries: Mapping[str, str], positives: Mapping[str, set[str]], *,
+                        depth: int, k1: float = 0.9, b: float = 0.4, threads: int = 1,
                         remove_query: bool = False) -> dict[str, list[str]]:
-    """Hard negatives: each query's BM25 top-`depth` docids minus its positives, best first (needs Java)."""
+    """Hard negatives: each query's BM25 top-`depth` docids minus its positives, best first (Lucene: needs Java)."""
     if depth < 1:
         raise UserError(f"--negatives-depth must be at least 1, got {depth}")
-    from pyserini_ssm.first_stage.lucene import bm25_search, open_searcher  # Java only when mining
-
-    searcher = open_searcher(index)
     logger.info("mining BM25 negatives for %d queries (top %d)", len(queries), depth)
-    runs = bm25_search(searcher, dict(queries), hits=depth, k1=k1, b=b, threads=threads, batch_size=1000,
-                       remove_query=remove_query)
-    return {qid: [hit.docid for hit in runs.get(qid, []) if hit.docid not in positives.get(qid, set())]
+    found = _document_index(index).bm25_docids(dict(queries), hits=depth, k1=k1, b=b, threads=threads,
+                                               remove_query=remove_query)
+    return {qid: [docid for docid in found.get(qid, []) if docid not in positives.get(qid, set())]
             for qid in queries}
 
 
-def fetch_document_texts(index: str, docids: Sequence[str]) -> dict[str, str]:
-    """Texts of `docids` from a Lucene index; a docid missing from it is a UserError naming it (needs Java)."""
-    from pyserini_ssm.first_stage.lucene import fetch_texts, open_searcher
-
-    searcher = open_searcher(index)
-    return fetch_texts(searcher, list(docids))
+def fetch_document_texts(index: DocumentIndex, docids: Sequence[str]) -> dict[str, str]:
+    """Texts of `docids` from the index; a docid missing from it is a UserError naming it (Lucene: needs Java)."""
+    return _document_index(index).texts(list(docids))
 
 
 def examples_from_judgments(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
@@ -277,15 +297,16 @@ def read_beir_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_beir_training(folder: str | os.PathLike, *, index: str | None, split: str = "train",
+def load_beir_training(folder: str | os.PathLike, *, index: DocumentIndex | None, split: str = "train",
                        negatives_depth: int = 100, bm25_k1: float = 0.9, bm25_b: float = 0.4,
                        threads: int = 1) -> list[TrainingExample]:
     """Examples from a BEIR folder's `split` qrels, texts from its corpus, negatives mined from `index`.
 
-    `index` must be a Lucene index of the same corpus (e.g. `python -m pyserini_ssm.index`); None trains with
-    positives only and negatives borrowed from other queries (rarely what you want; a warning says so).
+    `index` must index the same corpus (e.g. `LuceneDocuments` of an index by `python -m pyserini_ssm.index`); None
+    trains with positives only and negatives borrowed from other queries (rarely what you want; a warning says so).
     """
     folder = Path(folder)
+    index = _document_index(index)
     if not folder.is_dir():
         raise UserError(f"BEIR folder not found: {folder}")
     corpus = read_beir_corpus(_find(folder, "corpus.jsonl", "corpus.jsonl.gz"))
@@ -308,12 +329,13 @@ def load_beir_training(folder: str | os.PathLike, *, index: str | None, split: s
     return examples_from_judgments(queries, qrels, corpus, negatives, source=str(folder))
 
 
-def load_msmarco_training(queries_path: str, qrels_path: str, index: str, *, negatives_depth: int = 100,
+def load_msmarco_training(queries_path: str, qrels_path: str, index: DocumentIndex, *, negatives_depth: int = 100,
                           bm25_k1: float = 0.9, bm25_b: float = 0.4, threads: int = 1) -> list[TrainingExample]:
     """MS MARCO style: topics file + qrels (names or files), texts and BM25 negatives from `index` (needs Java)."""
     from pyserini_ssm.qrels import load_qrels
     from pyserini_ssm.topics import load_topics
 
+    index = _document_index(index)
     queries = load_topics(queries_path)
     qrels = {qid: dict(judged) for qid, judged in load_qrels(qrels_path).items()}
     if not qrels:
@@ -464,7 +486,9 @@ class DataSource:
     beir_split: str = "train"
     queries: str | None = None
     qrels: str | None = None
-    index: str | None = None  # Lucene index: texts of docids, and BM25 negative mining
+    # Texts of docids and BM25 negative mining: the CLI's --index path (opened by `load_examples`'s `open_index`), or
+    # an opened DocumentIndex.
+    index: str | DocumentIndex | None = None
     negatives_depth: int = 100  # BM25 top-k mined per query (its positives are removed)
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
@@ -481,8 +505,6 @@ class DataSource:
         if self.negatives_depth < 1:
             raise UserError(f"--negatives-depth must be at least 1, got {self.negatives_depth}")
         if self.index is not None:
-            from pyserini_ssm.first_stage.lucene import check_bm25_parameters  # no JVM: a range check
-
             check_bm25_parameters(self.bm25_k1, self.bm25_b, prefix="--bm25-")
 
     @property
@@ -490,13 +512,24 @@ class DataSource:
         return self.index is not None
 
 
-def load_examples(source: DataSource) -> list[TrainingExample]:
-    """Read (and mine, where an index is given) the training examples of `source`."""
+def load_examples(source: DataSource, open_index: Callable[[str], DocumentIndex] | None = None
+                  ) -> list[TrainingExample]:
+    """Read (and mine, where an index is given) the training examples of `source`.
+
+    `open_index` opens `source.index` when it is a path (`train` passes
+    `pyserini_ssm.first_stage.lucene_documents.LuceneDocuments`).
+    """
     source.validate()
+    index = source.index
+    if isinstance(index, (str, os.PathLike)):
+        if open_index is None:
+            raise TypeError(f"source.index={str(index)!r} is a path: pass open_index (e.g. "
+                            "pyserini_ssm.first_stage.lucene_documents.LuceneDocuments) to open it")
+        index = open_index(str(index))
     mining = dict(negatives_depth=source.negatives_depth, bm25_k1=source.bm25_k1, bm25_b=source.bm25_b,
                   threads=source.threads)
     if source.train_jsonl:
-        return read_training_jsonl(source.train_jsonl, index=source.index, **mining)
+        return read_training_jsonl(source.train_jsonl, index=index, **mining)
     if source.beir:
-        return load_beir_training(source.beir, index=source.index, split=source.beir_split, **mining)
-    return load_msmarco_training(source.queries, source.qrels, source.index, **mining)
+        return load_beir_training(source.beir, index=index, split=source.beir_split, **mining)
+    return load_msmarco_training(source.queries, source.qrels, index, **mining)
