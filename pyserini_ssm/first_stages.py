@@ -6,7 +6,7 @@
 
 and behind the same `search(topics) -> {qid: [Hit]}`: `RunFileStage` (a TREC run read earlier). A candidates file
 carries its own texts and needs no stage (`candidates.py`). Every stage returns hits best first, ties by docid; texts
-are fetched later, a few groups at a time, from the Lucene index (`reranking._IndexTexts`).
+are fetched later, a few groups at a time, from the Lucene index (`reranking.sources._IndexTexts`).
 """
 
 from __future__ import annotations

@@ -365,7 +365,7 @@ def test_warnings_are_one_log_line_without_source(capsys, caplog):
 
 def test_progress_moves_with_pairs_scored(tmp_path, model_dir, monkeypatch):
     """One group of 5 pairs scored in batches of 2: the bar advances per batch (2, 2, 1), not once per group."""
-    from pyserini_ssm import reranking
+    from pyserini_ssm.reranking import pipeline as reranking  # the module whose `_run` makes the bar
 
     updates: list[int] = []
     make_bar = reranking._progress

@@ -1,0 +1,225 @@
+"""What one reranking run depends on: `RerankConfig`, the cheap checks of its flags (before any model or index
+loads), the default topics of a prebuilt index and the default output name."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyserini_ssm.documents import DEFAULT_SENTENCE_WINDOW, DEFAULT_WORD_WINDOW, SegmentConfig
+from pyserini_ssm.errors import UserError
+from pyserini_ssm.files import check_output_path
+
+
+DEFAULT_OUTPUT_DIR = Path("runs")
+
+
+DOC_MODES = ("passage", "firstp", "maxp")
+
+
+SEGMENT_DEFAULT_WINDOWS = {"words": DEFAULT_WORD_WINDOW, "sentences": DEFAULT_SENTENCE_WINDOW}
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Everything one reranking run depends on; `python -m pyserini_ssm.rerank` fills it from its flags."""
+
+    model: str
+    index: str | None = None  # Lucene index folder or Pyserini prebuilt name (BM25 search, and texts for `run`)
+    topics: str | None = None  # topics name or file (with `index` alone, or with `run`)
+    run: str | None = None  # rerank this TREC run instead of searching
+    candidates: str | None = None  # JSON list of {"query", "hits": [{"docid", "content", "qid", "score"}]}
+    output: str | None = None  # default: runs/run.<source>.<model>.rerank<depth>.txt
+    hits: int = 1000  # BM25 depth (index mode only)
+    rerank_depth: int = 100
+    batch_size: int = 32
+    # Pairs handed to one `predict` call (whole queries): length sorting, packing and tokenization overlap work
+    # across this many pairs, and it is the unit that a resumed run skips.
+    group_pairs: int = 4096
+    max_length: int | None = None
+    dtype: str | None = None  # bf16 | fp16 | fp32 | fp8 (bf16 weights, FP8 Linear layers); None: the model's default
+    device: str | None = None
+    backend: str = "auto"
+    qrels: str | None = None
+    topics_dir: str | None = None
+    skip_missing: bool = False  # drop documents missing from the index (or with empty text) instead of failing
+    tag: str | None = None  # run tag; default: the model's name
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
+    threads: int = 1  # BM25 search threads
+    fields: dict[str, float] | None = None  # BM25 over several fields (None: the index's default, see lucene.py)
+    fetch_batch_size: int = 1000  # documents fetched from the index per call
+    show_progress: bool = True
+    metrics: tuple[str, ...] | None = None  # None: evaluation's defaults for the collection
+    # Document ranking: passage (each hit's text as it is) | firstp (the start of each document) | maxp (the best
+    # of each document's overlapping segments). Segments: `segment_window` units every `segment_stride`; None takes
+    # 150 words / 10 sentences, and half the window. Hits that are segments already (`D1#3`) are not cut again.
+    doc_mode: str = "passage"
+    segment_unit: str = "words"  # words | sentences
+    segment_window: int | None = None
+    segment_stride: int | None = None
+    # The first stage when neither `run` nor `candidates` is given (see `first_stages.py`): bm25 over `index`;
+    # dense over `dense_index` with `encoder` (texts from `index`); hybrid fuses both (`fusion`, `alpha`, `rrf_k`).
+    first_stage: str = "bm25"
+    encoder: str | None = None  # dense query encoder (default all-MiniLM-L6-v2); must be the index's
+    dense_index: str | None = None
+    fusion: str = "interpolation"  # hybrid: interpolation (min-max normalised) | rrf
+    alpha: float = 0.5  # hybrid interpolation: weight of BM25
+    rrf_k: int = 60
+    output_format: str = "trec"  # trec | msmarco (qid<TAB>docid<TAB>rank) | rank_llm (Request JSONL)
+
+    @property
+    def source(self) -> str:
+        if self.candidates:
+            return "candidates"
+        if self.run:
+            return "run"
+        return "index" if self.first_stage == "bm25" else self.first_stage
+
+    def segment_config(self) -> SegmentConfig:
+        """The MaxP segmentation: window default per unit (150 words, 10 sentences), stride default half the window
+        (75 words, 5 sentences: Dai & Callan's and Pyserini's segmented index's). UserError for bad values."""
+        window = self.segment_window
+        if window is None:
+            window = SEGMENT_DEFAULT_WINDOWS.get(self.segment_unit, DEFAULT_WORD_WINDOW)
+        stride = self.segment_stride if self.segment_stride is not None else max(1, window // 2)
+        return SegmentConfig(self.segment_unit, window, stride)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise UserError(f"{name} must be a positive integer, not {value!r}")
+
+
+OUTPUT_FORMATS = ("trec", "msmarco", "rank_llm")
+
+
+def _check_writable(output: Path) -> None:
+    """The run is written beside `output` and renamed onto it: the folder must be writable (the file need not be)."""
+    parent = output.parent if str(output.parent) else Path(".")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to the output folder {parent} (read-only or no permission): choose another "
+                        f"--output")
+
+
+def model_label(model: str) -> str:
+    """A short name for the model: the registry name, or a checkpoint folder's name; safe in file names and tags."""
+    path = Path(model)
+    label = path.name if path.name and (path.exists() or os.sep in model) else model
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_") or "model"
+
+
+def _source_label(config: RerankConfig) -> str:
+    def stem(name: str) -> str:
+        base = Path(name).name
+        for suffix in (".gz", ".json", ".jsonl", ".txt", ".trec", ".tsv"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+        return base
+
+    if config.source == "candidates":
+        label = stem(config.candidates)
+    elif config.source == "run":
+        label = f"{stem(config.index or 'index')}.{stem(config.run)}"
+    else:
+        stage = "bm25" if config.source == "index" else config.source
+        label = f"{stem(config.index or 'index')}.{stem(config.topics or 'topics')}.{stage}-top{config.hits}"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", label)
+
+
+OUTPUT_SUFFIXES = {"trec": ".txt", "msmarco": ".tsv", "rank_llm": ".jsonl"}
+
+
+def default_output(config: RerankConfig) -> Path:
+    """runs/run.<index>.<topics>.<first stage>-top<hits>.<model>.rerank<depth>.txt (a run or candidates file names
+    itself instead of the topics); .tsv for msmarco output, .jsonl for rank_llm."""
+    suffix = OUTPUT_SUFFIXES.get(config.output_format, ".txt")
+    return DEFAULT_OUTPUT_DIR / (f"run.{_source_label(config)}.{model_label(config.model)}"
+                                 f".rerank{config.rerank_depth}{suffix}")
+
+
+def default_topics_for_index(index: str) -> str | None:
+    """The standard evaluation topics of a Pyserini prebuilt index name, or None (a folder, or no such convention):
+    msmarco-v1-passage* -> dl19-passage, msmarco-v1-doc* -> dl19-doc, beir-v1.0.0-<corpus>.* -> its test split."""
+    from pyserini_ssm.pyserini_names import TOPIC_FILES
+
+    if Path(index).exists() or "/" in index or os.sep in index:
+        return None
+    if index.startswith("msmarco-v1-passage"):
+        return "dl19-passage"
+    if index.startswith("msmarco-v1-doc"):
+        return "dl19-doc"
+    if index.startswith("beir-v1.0.0-"):
+        corpus = index[len("beir-v1.0.0-"):].split(".")[0]
+        for name in (f"beir-v1.0.0-{corpus}-test", f"beir-v1.0.0-{corpus}"):
+            if name in TOPIC_FILES:
+                return name
+    return None
+
+
+def with_default_topics(config: RerankConfig) -> RerankConfig:
+    """`config` with --topics filled in for a prebuilt index given without it (said on one line), so that the
+    design card's `rerank --index msmarco-v1-passage --model mamba2-780m` runs as written."""
+    if config.source == "candidates" or config.topics or not config.index:
+        return config
+    topics = default_topics_for_index(config.index)
+    if topics is None:
+        which = (f"the local index {config.index}" if Path(config.index).exists() or os.sep in config.index
+                 else f"{config.index} (no standard evaluation topics are known for it)")
+        raise UserError(f"--topics is needed with {which}: add --topics NAME_OR_FILE (a Pyserini name such as "
+                        f"dl19-passage, or a TSV/TREC/JSONL file of the queries)")
+    from dataclasses import replace
+
+    return replace(config, topics=topics)
+
+
+def _validate(config: RerankConfig) -> None:
+    """Cheap checks of the flags, before any model or index is loaded."""
+    _check_positive("--rerank-depth", config.rerank_depth)
+    _check_positive("--batch-size", config.batch_size)
+    _check_positive("--group-pairs", config.group_pairs)
+    _check_positive("--hits", config.hits)
+    _check_positive("fetch batch size", config.fetch_batch_size)
+    if config.max_length is not None:
+        _check_positive("--max-length", config.max_length)
+    if config.doc_mode not in DOC_MODES:
+        raise UserError(f"unknown --doc-mode {config.doc_mode!r}; choose {', '.join(DOC_MODES)}")
+    for flag, value in (("--segment-window", config.segment_window), ("--segment-stride", config.segment_stride)):
+        if value is not None:
+            _check_positive(flag, value)
+    config.segment_config()
+    if config.run and config.candidates:
+        raise UserError("give either --run or --candidates, not both")
+    _check_positive("--threads", config.threads)
+    if config.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"unknown --output-format {config.output_format!r}; choose {', '.join(OUTPUT_FORMATS)}")
+    from pyserini_ssm.first_stages import check_first_stage_flags
+
+    check_first_stage_flags(config.first_stage, config.dense_index, config.fusion, config.alpha, config.rrf_k)
+    if config.first_stage != "bm25" and (config.run or config.candidates):
+        raise UserError(f"--first-stage {config.first_stage} searches for candidates: it cannot be combined with "
+                        f"--run or --candidates")
+    if config.source != "candidates":
+        if not config.index:
+            raise UserError("give --index (with --topics) to search it, --run with --index and --topics to rerank a "
+                            "run, or --candidates")
+        if not config.topics and config.run:
+            raise UserError("--topics is needed with --run: the query texts of the run (a Pyserini name or a file)")
+        if config.source == "index":
+            from pyserini_ssm.first_stage.lucene import check_bm25_parameters
+
+            check_bm25_parameters(config.bm25_k1, config.bm25_b)
+    for flag, value in (("--candidates", config.candidates), ("--run", config.run)):
+        if value and not Path(value).is_file():
+            raise UserError(f"{flag} file not found: {value}")
+
+
+def _output_path(config: RerankConfig) -> Path:
+    output = Path(config.output) if config.output else default_output(config)
+    if not config.output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(output)
+    _check_writable(output)
+    return output
