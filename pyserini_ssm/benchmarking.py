@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 MSMARCO_MEAN_TOKENS = 89  # mean template length of the DL19 top-100 pairs, GPT-NeoX tokenizer (docs/BENCHMARKS.md)
 LOGNORMAL_SIGMA = 0.45
 METHODS = ("padded-random", "sorted", "packed")
-# mamba-ssm's Triton kernels index with int32: batch x length x the widest activation must stay below this.
-INT32_ELEMENTS = 2**31 - 1
 
 # A Llama-style decoder the size of mamba2-780m (780.2M parameters): same vocabulary (GPT-NeoX tokenizer) and width,
 # Llama-3.2's shapes otherwise (SwiGLU 8/3 x width, 64-dim heads, 3 query heads per key/value head); 28 layers make
@@ -422,18 +420,19 @@ def attention_label(reranker: Any) -> str:
 
 
 def widest_activation(model: Any) -> int:
-    """The widest linear output of the backbone (mamba2-780m: in_proj 6,448): with batch x length it bounds the
-    elements of the largest activation a kernel indexes."""
-    import torch
+    """The widest activation per token of a `ScoringModel`'s backbone (mamba2-780m: in_proj 6,448), from its config:
+    the one rule `Reranker.score_encoded` caps its forwards by (`models.scoring.widest_activation`)."""
+    from pyserini_ssm.models.scoring import widest_activation as config_widest_activation
 
-    widths = [module.out_features for module in model.backbone.modules() if isinstance(module, torch.nn.Linear)]
-    hidden = getattr(model, "hidden_size", 1)
-    return max(widths + [hidden])
+    config = getattr(model, "backbone_config", None) or model.backbone.config
+    return config_widest_activation(config)
 
 
 def max_tokens_per_call(model: Any) -> int:
     """Tokens one forward may hold so that tokens x widest activation < 2^31 (issue 17: int32 indexing)."""
-    return INT32_ELEMENTS // widest_activation(model)
+    from pyserini_ssm.ops.batching import int32_token_cap
+
+    return int32_token_cap(widest_activation(model))
 
 
 def inference_groups(method: str, lengths: Sequence[int], batch_size: int, token_budget: int,
