@@ -96,14 +96,6 @@ def _check_positive(name: str, value: int) -> None:
 OUTPUT_FORMATS = ("trec", "msmarco", "rank_llm")
 
 
-def _check_writable(output: Path) -> None:
-    """The run is written beside `output` and renamed onto it: the folder must be writable (the file need not be)."""
-    parent = output.parent if str(output.parent) else Path(".")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to the output folder {parent} (read-only or no permission): choose another "
-                        f"--output")
-
-
 def model_label(model: str) -> str:
     """A short name for the model: the registry name, or a checkpoint folder's name; safe in file names and tags."""
     path = Path(model)
@@ -220,6 +212,4 @@ def _output_path(config: RerankConfig) -> Path:
     output = Path(config.output) if config.output else default_output(config)
     if not config.output:
         output.parent.mkdir(parents=True, exist_ok=True)
-    check_output_path(output)
-    _check_writable(output)
-    return output
+    return check_output_path(output)  # the folder must exist and be writable: the run is renamed into it
