@@ -28,7 +28,7 @@ from typing import Any
 
 from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.files import check_output_folder, make_temporary_folder, writing
-from pyserini_ssm.models.registry import REGISTRY, ModelSpec, get_spec
+from pyserini_ssm.models.registry import REGISTRY, ModelSpec
 from pyserini_ssm.models.scoring import ENCODER_MODEL_TYPES, MAMBA_FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -480,23 +480,16 @@ def load_registry_checkpoint(spec: ModelSpec, dtype: Any = None, tokenizer: Any 
 
 def load_checkpoint(name_or_path: str | os.PathLike, dtype: Any = None, tokenizer: Any = None) -> LoadedCheckpoint:
     """Load whatever `name_or_path` names (see the module docstring); errors name the problem and the fix."""
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    from pyserini_ssm.models.gguf import find_gguf_file, load_gguf
+    from pyserini_ssm.models.model_source import model_source
 
-    gguf_path = find_gguf_file(path)
-    if gguf_path is not None:
-        return load_gguf(gguf_path, dtype, tokenizer)
-    if path.is_dir():
-        return load_folder(path, dtype, tokenizer)
-    if path.exists():
-        raise UserError(f"{path} is a file; --model takes a registry name, a checkpoint folder or a .gguf file")
-    if text in REGISTRY:
-        return load_registry_checkpoint(REGISTRY[text], dtype, tokenizer)
-    if os.sep in text and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):
-        raise UserError(f"checkpoint folder not found: {path}")
-    get_spec(text)  # raises with the close matches
-    raise AssertionError("unreachable")
+    kind, target = model_source(name_or_path)
+    if kind == "gguf":
+        from pyserini_ssm.models.gguf import load_gguf
+
+        return load_gguf(target, dtype, tokenizer)
+    if kind == "folder":
+        return load_folder(target, dtype, tokenizer)
+    return load_registry_checkpoint(target, dtype, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------------------

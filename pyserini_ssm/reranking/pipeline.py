@@ -109,25 +109,15 @@ def _check_precision(config: RerankConfig) -> None:
 
 
 def _check_model_available(model: str) -> None:
-    """Before loading: a folder exists, or a registry model's weights can be had (offline: they are cached)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return
-    from pyserini_ssm.models.registry import REGISTRY, get_spec
+    """Before loading: `model` names a checkpoint (`models.model_source`, what `load_checkpoint` dispatches on), and
+    a registry model's weights can be had (offline: they are cached)."""
+    from pyserini_ssm.models.model_source import model_source
 
-    if model in REGISTRY:
+    kind, target = model_source(model)
+    if kind == "registry":
         from pyserini_ssm.hub import require_registry_model
 
-        spec = REGISTRY[model]
-        require_registry_model(spec.checkpoint, spec.tokenizer, spec.name)
-        return
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return  # a GGUF checkpoint (models.gguf checks its header when it loads)
-    if path.exists():
-        raise UserError(f"{path} is a file; --model takes a registry name, a checkpoint folder or a .gguf file")
-    if os.sep in model and (model.startswith((".", "~", os.sep)) or model.count("/") > 1):
-        raise UserError(f"checkpoint folder not found: {path}")
-    get_spec(model)  # raises with the close matches
+        require_registry_model(target.checkpoint, target.tokenizer, target.name)
 
 
 def _check_queries_fit(reranker: Any, queries: Sequence[RerankQuery]) -> None:
