@@ -12,38 +12,44 @@ The run tag records the BM25 parameters.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from pyserini_ssm.bm25 import B, K1, SEARCH_THREADS, SEARCH_THREADS_HELP, parse_fields
 from pyserini_ssm.cli import run_main
+from pyserini_ssm.cli_config import add_options, config_values, option, option_names
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The settings of one BM25 search (the CLI's flags, built by `cli_config`); BM25's defaults are `bm25`'s."""
+
+    index: str = field(metadata=option("index folder or Pyserini prebuilt index name"))
+    topics: str = field(metadata=option("Pyserini topics name or topics file"))
+    output: str = field(metadata=option("TREC run file to write"))
+    hits: int = field(default=1000, metadata=option("hits per query"))
+    bm25_k1: float = field(default=K1, metadata=option("BM25 k1", flag="--k1", hidden_aliases=("--bm25-k1",)))
+    bm25_b: float = field(default=B, metadata=option("BM25 b", flag="--b", hidden_aliases=("--bm25-b",)))
+    threads: int = field(default=SEARCH_THREADS, metadata=option("search threads", default_help=SEARCH_THREADS_HELP))
+    batch_size: int = field(default=128, metadata=option("queries per batch search"))
+    fields: dict[str, float] | None = field(default=None, metadata=option(
+        "search these fields together, e.g. contents=1.0 title=1.0 (default: both of those for an index with a "
+        "title field, as Pyserini's BEIR multifield runs; else contents)", nargs="+", metavar="FIELD=BOOST",
+        parse=parse_fields))
+    remove_query: bool | None = field(default=None, metadata=option(
+        "drop a hit whose docid equals the query id (default: on for BEIR topics, off otherwise)"))
+    topics_dir: str | None = field(default=None, metadata=option(
+        "folder of Anserini topics files (default $PYSERINI_SSM_TOPICS_DIR)"))
+    tag: str | None = field(default=None, metadata=option("run tag (default: bm25_k1=<k1>_b=<b>)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pyserini_ssm.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--index", required=True, help="index folder or Pyserini prebuilt index name")
-    parser.add_argument("--topics", required=True, help="Pyserini topics name or topics file")
-    parser.add_argument("--output", required=True, help="TREC run file to write")
-    parser.add_argument("--hits", type=int, default=1000, help="hits per query (default 1000)")
-    parser.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (default 0.9)")
-    parser.add_argument("--b", type=float, default=0.4, help="BM25 b (default 0.4)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="search threads (default: all cores)")
-    parser.add_argument("--batch-size", type=int, default=128, help="queries per batch search (default 128)")
-    parser.add_argument("--fields", nargs="+", metavar="FIELD=BOOST",
-                        help="search these fields together, e.g. contents=1.0 title=1.0 (default: both of those for "
-                             "an index with a title field, as Pyserini's BEIR multifield runs; else contents)")
-    parser.add_argument(
-        "--remove-query",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="drop a hit whose docid equals the query id (default: on for BEIR topics, off otherwise)",
-    )
-    parser.add_argument("--topics-dir", default=None, help="folder of Anserini topics files (default $PYSERINI_SSM_TOPICS_DIR)")
-    parser.add_argument("--tag", default=None, help="run tag (default: bm25_k1=<k1>_b=<b>)")
+    add_options(parser, SearchConfig, option_names(SearchConfig))
     return parser
 
 
@@ -52,48 +58,45 @@ def bm25_tag(k1: float, b: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    config = SearchConfig(**config_values(build_parser().parse_args(argv), SearchConfig))
+    from pyserini_ssm.bm25 import check_bm25_parameters
     from pyserini_ssm.errors import UserError
     from pyserini_ssm.files import atomic_output, check_output_path
     from pyserini_ssm.runs import format_run_lines, is_token
     from pyserini_ssm.topics import is_beir_topics, load_topics
 
-    from pyserini_ssm.first_stage.lucene import check_bm25_parameters
-
-    check_output_path(args.output)
-    check_bm25_parameters(args.k1, args.b)
-    for flag, value in (("--hits", args.hits), ("--threads", args.threads), ("--batch-size", args.batch_size)):
+    check_output_path(config.output)
+    check_bm25_parameters(config.bm25_k1, config.bm25_b)
+    for flag, value in (("--hits", config.hits), ("--threads", config.threads), ("--batch-size", config.batch_size)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
-    remove_query = is_beir_topics(args.topics) if args.remove_query is None else args.remove_query
-    tag = args.tag or bm25_tag(args.k1, args.b)
+    remove_query = is_beir_topics(config.topics) if config.remove_query is None else config.remove_query
+    tag = config.tag or bm25_tag(config.bm25_k1, config.bm25_b)
     if not is_token(tag):
         raise UserError(f"--tag {tag!r} must be one word (no spaces)")
-    topics = load_topics(args.topics, args.topics_dir)
+    topics = load_topics(config.topics, config.topics_dir)
 
-    from pyserini_ssm.first_stage.lucene import iter_bm25_batches, open_searcher, parse_fields
+    from pyserini_ssm.first_stage.lucene import iter_bm25_batches, open_searcher
 
-    fields = parse_fields(args.fields)
     start = time.perf_counter()
-    searcher = open_searcher(args.index)
-    if fields is None:
-        fields = searcher.default_fields()
+    searcher = open_searcher(config.index)
+    fields = config.fields if config.fields is not None else searcher.default_fields()
     print(
-        f"BM25 k1={args.k1:g} b={args.b:g}: {len(topics)} queries, {args.hits} hits, "
-        f"remove_query={'on' if remove_query else 'off'}, threads={args.threads}, tag={tag}"
+        f"BM25 k1={config.bm25_k1:g} b={config.bm25_b:g}: {len(topics)} queries, {config.hits} hits, "
+        f"remove_query={'on' if remove_query else 'off'}, threads={config.threads}, tag={tag}"
         + (f", fields={' '.join(f'{name}={boost:g}' for name, boost in fields.items())}" if fields else ""),
         flush=True,
     )
     written = 0
-    with atomic_output(args.output) as handle:
+    with atomic_output(config.output) as handle:
         for batch in iter_bm25_batches(
             searcher,
             topics,
-            hits=args.hits,
-            k1=args.k1,
-            b=args.b,
-            threads=args.threads,
-            batch_size=args.batch_size,
+            hits=config.hits,
+            k1=config.bm25_k1,
+            b=config.bm25_b,
+            threads=config.threads,
+            batch_size=config.batch_size,
             remove_query=remove_query,
             fields=fields,
         ):
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 handle.writelines(format_run_lines(qid, hits, tag))
                 written += len(hits)
     elapsed = time.perf_counter() - start
-    print(f"wrote {written} hits for {len(topics)} queries to {args.output} in {elapsed:.1f} s")
+    print(f"wrote {written} hits for {len(topics)} queries to {config.output} in {elapsed:.1f} s")
     return 0
 
 

@@ -123,3 +123,82 @@ def test_faiss_index_folder_errors(tmp_path):
     with pytest.raises(UserError, match="bad.jsonl:1"):
         list(iter_corpus(bad))
     assert not Path(tmp_path / "new").exists()
+
+
+@pytest.fixture(scope="module")
+def scifact_indexes(scifact_sample, encoder, tmp_path_factory):
+    """A Lucene index (texts, BM25) and a MiniLM dense index of the SciFact sample."""
+    from pyserini_ssm.first_stage.dense import build_dense_index
+    from pyserini_ssm.index import main as index_main
+
+    folder = scifact_sample[0]
+    root = tmp_path_factory.mktemp("scifact-indexes")
+    assert index_main(["--input", str(folder / "corpus.jsonl"), "--index", str(root / "lucene"), "--threads", "1"]) == 0
+    build_dense_index(folder / "corpus.jsonl", root / "dense", encoder)
+    return root / "lucene", root / "dense"
+
+
+@pytest.mark.java
+def test_rerank_with_the_dense_first_stage_over_scifact(scifact_sample, scifact_indexes, encoder, tiny_reranker,
+                                                       tmp_path, capsys):
+    """`rerank --first-stage dense`: the candidates are `dense_search`'s (below --rerank-depth in its order), the
+    texts come from the Lucene index; a missing dense index is one line and exit 2, before any model."""
+    from pyserini_ssm.cli import run_main
+    from pyserini_ssm.first_stage.dense import dense_search, open_faiss_searcher
+    from pyserini_ssm.rerank import main as rerank_main
+
+    folder, topics, _, _ = scifact_sample
+    lucene, dense_index = scifact_indexes
+    expected = dense_search(open_faiss_searcher(dense_index, encoder), encoder, topics, hits=8)
+    output = tmp_path / "run.txt"
+    argv = ["--index", str(lucene), "--topics", str(folder / "topics.tsv"), "--first-stage", "dense",
+            "--encoder", "all-MiniLM-L6-v2", "--hits", "8", "--rerank-depth", "3", "--no-progress"]
+    status = run_main(rerank_main, argv + ["--dense-index", str(dense_index), "--model",
+                                           str(tiny_reranker("decoder")), "--output", str(output)])
+    assert status == 0, capsys.readouterr().err
+    run = read_run(output)
+    assert set(run) == set(topics)
+    for qid, hits in run.items():
+        assert [hit.docid for hit in hits[3:]] == [hit.docid for hit in expected[qid][3:]]
+        assert {hit.docid for hit in hits[:3]} == {hit.docid for hit in expected[qid][:3]}
+    capsys.readouterr()
+    for bad, message in ((tmp_path / "missing", "--dense-index folder not found"),
+                         (lucene, "is not a dense index folder")):
+        status = run_main(rerank_main, argv + ["--dense-index", str(bad), "--model", "no-such-model",
+                                               "--output", str(tmp_path / "bad.txt")])
+        err = capsys.readouterr().err
+        assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.java
+def test_every_first_stage_by_name_answers_the_same_interface(scifact_sample, scifact_indexes, tmp_path):
+    """`open_first_stage(name, config)`: every topic gets its candidates (best first) and `texts` brings back the
+    Lucene index's text of each requested docid, for bm25, dense, hybrid and a run."""
+    from pyserini_ssm.first_stage.lucene import fetch_texts, open_searcher
+    from pyserini_ssm.first_stages import FIRST_STAGES, open_first_stage
+    from pyserini_ssm.reranking import RerankConfig
+    from pyserini_ssm.runs import write_run
+
+    folder, topics, _, _ = scifact_sample
+    lucene, dense_index = scifact_indexes
+    config = RerankConfig(model="m", index=str(lucene), topics=str(folder / "topics.tsv"), hits=5,
+                          dense_index=str(dense_index), encoder="all-MiniLM-L6-v2")
+    results = {}
+    for name in ("bm25", "dense", "hybrid"):
+        stage = open_first_stage(name, config)
+        assert stage.name == name
+        results[name] = stage.search(topics)
+        assert list(results[name]) == list(topics)
+        assert all(0 < len(hits) <= 5 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+                   for hits in results[name].values())
+    write_run(results["bm25"], tmp_path / "bm25.txt", "bm25")
+    run_stage = open_first_stage("run", RerankConfig(model="m", index=str(lucene), topics=config.topics,
+                                                     run=str(tmp_path / "bm25.txt")))
+    assert {qid: [h.docid for h in hits] for qid, hits in run_stage.search(topics).items()} == {
+        qid: [h.docid for h in hits] for qid, hits in results["bm25"].items()}
+    requests = [(qid, [hit.docid for hit in hits]) for qid, hits in results["hybrid"].items()]
+    texts = list(open_first_stage("hybrid", config).texts(iter(requests)))
+    reference = fetch_texts(open_searcher(str(lucene)), [d for _, docids in requests for d in docids])
+    assert [list(t) for t in texts] == [docids for _, docids in requests]
+    assert all(t[d] == reference[d] for t in texts for d in t)
+    assert set(FIRST_STAGES) == {"bm25", "dense", "hybrid", "run", "candidates"}

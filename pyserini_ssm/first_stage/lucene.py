@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from pyserini_ssm.bm25 import check_bm25_parameters  # noqa: F401  (also imported from here by callers)
+from pyserini_ssm.bm25 import B, K1, check_bm25_parameters, parse_fields  # noqa: F401  (also imported from here)
 from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.files import check_output_folder, make_temporary_folder, storage_error_message
 from pyserini_ssm.first_stage.corpus import CorpusScan, check_corpus
@@ -31,22 +31,6 @@ JSON_COLLECTION = "JsonCollection"
 # What Pyserini's BEIR multifield regressions search: both fields, equally weighted (`--fields contents=1.0 title=1.0`).
 MULTIFIELD_FIELDS = {"contents": 1.0, "title": 1.0}
 _DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
-
-
-def parse_fields(specs: Iterable[str] | None) -> dict[str, float] | None:
-    """`["contents=1.0", "title=1.0"]` (Pyserini's `--fields`) -> {"contents": 1.0, "title": 1.0}; None for none."""
-    fields: dict[str, float] = {}
-    for spec in specs or ():
-        name, sep, boost = spec.partition("=")
-        try:
-            value = float(boost) if sep else 1.0
-        except ValueError:
-            value = float("nan")
-        if not name or value != value or value <= 0 or value == float("inf"):
-            raise UserError(f"--fields {spec!r}: expected FIELD=BOOST with a positive boost, e.g. contents=1.0 "
-                            "title=1.0")
-        fields[name] = value
-    return fields or None
 
 
 def _java_classes():
@@ -475,8 +459,8 @@ def iter_bm25_batches(
     topics: Mapping[str, str],
     *,
     hits: int = 1000,
-    k1: float = 0.9,
-    b: float = 0.4,
+    k1: float = K1,
+    b: float = B,
     threads: int | None = None,
     batch_size: int = 128,
     remove_query: bool = False,
@@ -526,8 +510,8 @@ def bm25_search(
     topics: Mapping[str, str],
     *,
     hits: int = 1000,
-    k1: float = 0.9,
-    b: float = 0.4,
+    k1: float = K1,
+    b: float = B,
     threads: int | None = None,
     batch_size: int = 128,
     remove_query: bool = False,

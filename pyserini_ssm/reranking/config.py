@@ -1,16 +1,20 @@
-"""What one reranking run depends on: `RerankConfig`, the cheap checks of its flags (before any model or index
-loads), the default topics of a prebuilt index and the default output name."""
+"""What one reranking run depends on: `RerankConfig` (its fields are `rerank`'s flags, with their one default and
+help text each), the cheap checks of its flags (before any model or index loads), the default topics of a prebuilt
+index and the default output name."""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyserini_ssm.bm25 import B, K1, SEARCH_THREADS, SEARCH_THREADS_HELP, check_bm25_parameters, parse_fields
+from pyserini_ssm.cli_config import option
 from pyserini_ssm.documents import DEFAULT_SENTENCE_WINDOW, DEFAULT_WORD_WINDOW, SegmentConfig
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import check_output_path
+from pyserini_ssm.first_stages import DEFAULT_ENCODER, FUSIONS, SEARCHING_STAGES, check_first_stage_flags
 
 
 DEFAULT_OUTPUT_DIR = Path("runs")
@@ -22,53 +26,96 @@ DOC_MODES = ("passage", "firstp", "maxp")
 SEGMENT_DEFAULT_WINDOWS = {"words": DEFAULT_WORD_WINDOW, "sentences": DEFAULT_SENTENCE_WINDOW}
 
 
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
+OUTPUT_FORMATS = ("trec", "msmarco", "rank_llm")
+
+
 @dataclass(frozen=True)
 class RerankConfig:
-    """Everything one reranking run depends on; `python -m pyserini_ssm.rerank` fills it from its flags."""
+    """Everything one reranking run depends on. The fields with `option(...)` metadata are the flags of `python -m
+    pyserini_ssm.rerank` (`cli_config` builds them: each setting's default and help live here, once)."""
 
-    model: str
-    index: str | None = None  # Lucene index folder or Pyserini prebuilt name (BM25 search, and texts for `run`)
-    topics: str | None = None  # topics name or file (with `index` alone, or with `run`)
-    run: str | None = None  # rerank this TREC run instead of searching
-    candidates: str | None = None  # JSON list of {"query", "hits": [{"docid", "content", "qid", "score"}]}
-    output: str | None = None  # default: runs/run.<source>.<model>.rerank<depth>.txt
-    hits: int = 1000  # BM25 depth (index mode only)
-    rerank_depth: int = 100
-    batch_size: int = 32
+    model: str = field(metadata=option("registry name (e.g. mamba2-780m) or checkpoint folder"))
+    index: str | None = field(default=None, metadata=option(
+        "Lucene index folder or Pyserini prebuilt index name (BM25, document texts)"))
+    topics: str | None = field(default=None, metadata=option(
+        "topics name (e.g. dl19-passage) or file (TSV, TREC, JSONL; .gz ok); default for a prebuilt index: its "
+        "evaluation topics (msmarco-v1-passage: dl19-passage, msmarco-v1-doc: dl19-doc, BEIR: the test split)"))
+    run: str | None = field(default=None, metadata=option(
+        "rerank this TREC run (texts fetched from --index, queries from --topics)"))
+    candidates: str | None = field(default=None, metadata=option(
+        'first-stage results with texts: rank_llm Requests (JSON list or JSONL of {"query": {"text", "qid"}, '
+        '"candidates": [{"docid", "score", "doc": {...}}]}) or Pyserini\'s {"query", "hits": [{"docid", "content", '
+        '"qid", "score"}]}; detected, .gz ok'))
+    output: str | None = field(default=None, metadata=option(
+        "run file (default: runs/run.<index>.<topics>.<first stage>.<model>.rerank<depth>.txt)"))
+    hits: int = field(default=1000, metadata=option("first-stage hits per query"))
+    rerank_depth: int = field(default=100, metadata=option(
+        "rerank the top N candidates; the rest keep their first-stage order below"))
+    batch_size: int = field(default=32, metadata=option("pairs per forward pass"))
     # Pairs handed to one `predict` call (whole queries): length sorting, packing and tokenization overlap work
     # across this many pairs, and it is the unit that a resumed run skips.
-    group_pairs: int = 4096
-    max_length: int | None = None
-    dtype: str | None = None  # bf16 | fp16 | fp32 | fp8 (bf16 weights, FP8 Linear layers); None: the model's default
-    device: str | None = None
-    backend: str = "auto"
-    qrels: str | None = None
-    topics_dir: str | None = None
-    skip_missing: bool = False  # drop documents missing from the index (or with empty text) instead of failing
-    tag: str | None = None  # run tag; default: the model's name
-    bm25_k1: float = 0.9
-    bm25_b: float = 0.4
-    threads: int = 1  # BM25 search threads
-    fields: dict[str, float] | None = None  # BM25 over several fields (None: the index's default, see lucene.py)
+    group_pairs: int = field(default=4096, metadata=option(
+        "pairs per scoring call, whole queries: length sorting and packing work across them; a resumed run skips "
+        "finished groups"))
+    max_length: int | None = field(default=None, metadata=option("tokens per pair (default: the model's)"))
+    dtype: str | None = field(default=None, metadata=option(
+        "default: the model's for the device; fp8: bf16 weights with FP8 Linear layers (CUDA, compute capability "
+        ">= 8.9; scores change, see docs/BENCHMARKS.md)", choices=DTYPES))
+    device: str | None = field(default=None, metadata=option(
+        "cpu, cuda, cuda:1 ... (default: cuda when available; under torchrun, each rank takes its local GPU)"))
+    backend: str = field(default="auto", metadata=option(
+        "SSM implementation: auto (mamba-ssm kernels on CUDA when installed), or as the models module lists"))
+    qrels: str | None = field(default=None, metadata=option(
+        "qrels name or file: print metrics before and after reranking (default: the qrels of a named --topics)"))
+    topics_dir: str | None = field(default=None, metadata=option(
+        "folder holding Anserini topics/qrels files, for names offline"))
+    skip_missing: bool = field(default=False, metadata=option(
+        "leave out documents missing from the index or with empty text (warns) instead of stopping"))
+    tag: str | None = field(default=None, metadata=option("run tag (default: the model's name)"))
+    bm25_k1: float = field(default=K1, metadata=option("BM25 k1", flag="--k1", hidden_aliases=("--bm25-k1",)))
+    bm25_b: float = field(default=B, metadata=option("BM25 b", flag="--b", hidden_aliases=("--bm25-b",)))
+    threads: int = field(default=SEARCH_THREADS, metadata=option("BM25 (and dense) search threads",
+                                                                 default_help=SEARCH_THREADS_HELP))
+    # BM25 over several fields (None: the index's default, see lucene.py)
+    fields: dict[str, float] | None = field(default=None, metadata=option(
+        "BM25 over these fields, e.g. contents=1.0 title=1.0 (default: both of those for an index with a title "
+        "field, as Pyserini's BEIR multifield runs; else contents)", nargs="+", metavar="FIELD=BOOST",
+        parse=parse_fields))
     fetch_batch_size: int = 1000  # documents fetched from the index per call
-    show_progress: bool = True
+    show_progress: bool = field(default=True, metadata=option("no progress bar", flag="--no-progress"))
     metrics: tuple[str, ...] | None = None  # None: evaluation's defaults for the collection
     # Document ranking: passage (each hit's text as it is) | firstp (the start of each document) | maxp (the best
     # of each document's overlapping segments). Segments: `segment_window` units every `segment_stride`; None takes
     # 150 words / 10 sentences, and half the window. Hits that are segments already (`D1#3`) are not cut again.
-    doc_mode: str = "passage"
-    segment_unit: str = "words"  # words | sentences
-    segment_window: int | None = None
-    segment_stride: int | None = None
+    doc_mode: str = field(default="passage", metadata=option(
+        "passage: each candidate's text as it is; firstp: the start of each document, as much as --max-length "
+        "holds; maxp: each document's best overlapping segment (candidates that are segments already, ids like "
+        "D1#3, are not cut again)", choices=DOC_MODES))
+    segment_unit: str = field(default="words", metadata=option("maxp: segments of words or sentences",
+                                                               choices=tuple(SEGMENT_DEFAULT_WINDOWS)))
+    segment_window: int | None = field(default=None, metadata=option(
+        f"maxp: units per segment (default {DEFAULT_WORD_WINDOW} words, {DEFAULT_SENTENCE_WINDOW} sentences)"))
+    segment_stride: int | None = field(default=None, metadata=option(
+        f"maxp: a new segment every N units (default half the window: {DEFAULT_WORD_WINDOW // 2} words, "
+        f"{DEFAULT_SENTENCE_WINDOW // 2} sentences)"))
     # The first stage when neither `run` nor `candidates` is given (see `first_stages.py`): bm25 over `index`;
     # dense over `dense_index` with `encoder` (texts from `index`); hybrid fuses both (`fusion`, `alpha`, `rrf_k`).
-    first_stage: str = "bm25"
-    encoder: str | None = None  # dense query encoder (default all-MiniLM-L6-v2); must be the index's
-    dense_index: str | None = None
-    fusion: str = "interpolation"  # hybrid: interpolation (min-max normalised) | rrf
-    alpha: float = 0.5  # hybrid interpolation: weight of BM25
-    rrf_k: int = 60
-    output_format: str = "trec"  # trec | msmarco (qid<TAB>docid<TAB>rank) | rank_llm (Request JSONL)
+    first_stage: str = field(default="bm25", metadata=option(
+        "bm25 over --index; dense: Pyserini's FaissSearcher over --dense-index; hybrid: both fused (--fusion); "
+        "texts always come from --index", choices=SEARCHING_STAGES))
+    encoder: str | None = field(default=None, metadata=option(
+        f"dense query encoder, the one the dense index was built with (default {DEFAULT_ENCODER})"))
+    dense_index: str | None = field(default=None, metadata=option(
+        "dense index folder (python -m pyserini_ssm.dense_index) or Pyserini prebuilt dense index name"))
+    fusion: str = field(default="interpolation", metadata=option(
+        "hybrid: min-max normalised interpolation or reciprocal rank fusion", choices=FUSIONS))
+    alpha: float = field(default=0.5, metadata=option("hybrid interpolation: weight of BM25"))
+    rrf_k: int = field(default=60, metadata=option("hybrid rrf: the constant k"))
+    output_format: str = field(default="trec", metadata=option(
+        "trec; msmarco: qid<TAB>docid<TAB>rank; rank_llm: one Request per query (JSONL, a JSON list if --output "
+        "ends in .json) with the reranked candidates, their texts and our scores, for a listwise reranker",
+        choices=OUTPUT_FORMATS))
 
     @property
     def source(self) -> str:
@@ -77,6 +124,11 @@ class RerankConfig:
         if self.run:
             return "run"
         return "index" if self.first_stage == "bm25" else self.first_stage
+
+    @property
+    def stage_name(self) -> str:
+        """The first stage's name in `first_stages.FIRST_STAGES`: candidates, run, or --first-stage."""
+        return self.source if self.source in ("candidates", "run") else self.first_stage
 
     def segment_config(self) -> SegmentConfig:
         """The MaxP segmentation: window default per unit (150 words, 10 sentences), stride default half the window
@@ -92,8 +144,6 @@ def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise UserError(f"{name} must be a positive integer, not {value!r}")
 
-
-OUTPUT_FORMATS = ("trec", "msmarco", "rank_llm")
 
 
 def model_label(model: str) -> str:
@@ -187,8 +237,6 @@ def _validate(config: RerankConfig) -> None:
     _check_positive("--threads", config.threads)
     if config.output_format not in OUTPUT_FORMATS:
         raise UserError(f"unknown --output-format {config.output_format!r}; choose {', '.join(OUTPUT_FORMATS)}")
-    from pyserini_ssm.first_stages import check_first_stage_flags
-
     check_first_stage_flags(config.first_stage, config.dense_index, config.fusion, config.alpha, config.rrf_k)
     if config.first_stage != "bm25" and (config.run or config.candidates):
         raise UserError(f"--first-stage {config.first_stage} searches for candidates: it cannot be combined with "
@@ -200,8 +248,6 @@ def _validate(config: RerankConfig) -> None:
         if not config.topics and config.run:
             raise UserError("--topics is needed with --run: the query texts of the run (a Pyserini name or a file)")
         if config.source == "index":
-            from pyserini_ssm.first_stage.lucene import check_bm25_parameters
-
             check_bm25_parameters(config.bm25_k1, config.bm25_b)
     for flag, value in (("--candidates", config.candidates), ("--run", config.run)):
         if value and not Path(value).is_file():

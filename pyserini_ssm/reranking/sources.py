@@ -1,11 +1,12 @@
-"""Where the candidates come from: BM25 (or dense, hybrid) over an index with topics, an existing TREC run, or a
-candidates JSON file with the texts inside. The inputs are read and checked before anything expensive; the texts of
-the scored hits are brought back a few groups at a time (`_IndexTexts`, `_CandidateTexts`)."""
+"""Where the candidates come from: a first stage of `first_stages` (BM25, dense or hybrid over indexes with topics,
+an existing TREC run, or a candidates JSON file with the texts inside), by name. The inputs are read and checked
+before anything expensive; the texts of the scored hits are brought back a few groups at a time (`_StageTexts`)."""
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.reranking.partial import _InputDigest
@@ -13,6 +14,7 @@ from pyserini_ssm.reranking.scoring import RerankQuery, rerank_head_size
 from pyserini_ssm.runs import Hit
 
 if TYPE_CHECKING:
+    from pyserini_ssm.first_stages import FirstStage
     from pyserini_ssm.reranking.config import RerankConfig
 
 
@@ -62,51 +64,32 @@ def _read_inputs(config: RerankConfig) -> _Inputs:
     return _Inputs(topics=topics, run=run)
 
 
-@dataclass
-class _FirstStage:
-    """The opened first stage (Lucene searcher for texts and BM25, dense searcher and encoder) before it runs."""
+def _open_first_stage(config: RerankConfig, inputs: _Inputs) -> "FirstStage":
+    """Open the first stage (`first_stages.open_first_stage`: the Lucene index for texts and BM25, the dense index
+    and its encoder): a prebuilt index missing offline fails here, before the model loads."""
+    from pyserini_ssm.first_stages import CandidatesFileStage, open_first_stage
 
-    searcher: Any = None
-    dense: Any = None  # first_stages.DenseStage
-
-
-def _open_first_stage(config: RerankConfig, inputs: _Inputs) -> _FirstStage:
-    """Open the Lucene index (texts; BM25) and the dense index: a prebuilt index missing offline fails here."""
-    if config.source == "candidates":
-        return _FirstStage()
-    from pyserini_ssm.first_stage.lucene import open_searcher
-
-    searcher = open_searcher(config.index)
-    dense = None
-    if config.source in ("dense", "hybrid"):
-        from pyserini_ssm.first_stages import open_dense_stage
-
-        dense = open_dense_stage(config.dense_index, config.encoder, threads=config.threads)
-    return _FirstStage(searcher, dense)
+    if config.stage_name == "candidates":  # read already, with the digest of its texts
+        return CandidatesFileStage(config.candidates, queries=inputs.candidates)
+    return open_first_stage(config.stage_name, config, run=inputs.run)
 
 
 def _load_queries(config: RerankConfig, inputs: _Inputs,
-                  first_stage: _FirstStage) -> tuple[list[RerankQuery], "_TextSource", str]:
+                  first_stage: "FirstStage") -> tuple[list[RerankQuery], "_StageTexts", str]:
     """(queries with their first-stage hits but no texts, where the texts come from, digest of the inputs).
 
-    Texts are left out so that memory holds ids and scores only; `_TextSource.hydrate` brings them back for a few
-    groups at a time (from the index, or by reading the candidates file again).
+    Texts are left out so that memory holds ids and scores only; `_StageTexts.hydrate` brings them back for a few
+    groups at a time (`FirstStage.texts`: from the index, or by reading the candidates file again).
     """
-    if config.source == "candidates":
-        return inputs.candidates, _CandidateTexts(config.candidates), inputs.digest
-
-    from pyserini_ssm.first_stages import RunFileStage, run_first_stage
-
-    topics, searcher = inputs.topics, first_stage.searcher
-    if config.source == "run":
-        queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in RunFileStage(inputs.run).search(topics).items()]
-    else:
-        results = run_first_stage(config, searcher, first_stage.dense, topics)
-        queries = [RerankQuery(qid, topics[qid], results.get(qid, [])) for qid in topics]
-    digest = _InputDigest()
-    for query in queries:
-        digest.add(query, config.rerank_depth, with_texts=False)
-    return queries, _IndexTexts(searcher, config.fetch_batch_size, config.skip_missing), digest.hexdigest()
+    topics = inputs.topics if inputs.topics is not None else first_stage.topics()
+    queries = [RerankQuery(qid, topics[qid], hits) for qid, hits in first_stage.search(topics).items()]
+    digest = inputs.digest
+    if digest is None:
+        input_digest = _InputDigest()
+        for query in queries:
+            input_digest.add(query, config.rerank_depth, with_texts=False)
+        digest = input_digest.hexdigest()
+    return queries, _StageTexts(first_stage), digest
 
 
 @dataclass
@@ -121,79 +104,33 @@ class _Group:
         return sum(self.heads)
 
 
-class _TextSource(Protocol):
-    def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]: ...
-
-
 def _with_texts(query: RerankQuery, head: int, texts: Any) -> RerankQuery:
     top = [Hit(hit.docid, hit.score, texts.get(hit.docid)) for hit in query.hits[:head]]
     return RerankQuery(query.qid, query.query, top + list(query.hits[head:]))
 
 
-class _IndexTexts:
-    """Fills in the texts of the scored hits from the index, one batched fetch per window of groups."""
+class _StageTexts:
+    """Fills in the texts of the scored hits of each group, from the first stage's `texts` (which reads them a window
+    at a time: one batched index fetch per window, or one pass over the candidates file)."""
 
-    def __init__(self, searcher: Any, window: int, skip_missing: bool):
-        self.searcher = searcher
-        self.window = window
-        self.skip_missing = skip_missing
-
-    def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]:
-        pending: list[_Group] = []
-        docs = 0
-        for group in groups:
-            pending.append(group)
-            docs += group.pairs
-            if docs >= self.window:
-                yield from self._fetch(pending)
-                pending, docs = [], 0
-        if pending:
-            yield from self._fetch(pending)
-
-    def _fetch(self, groups: list[_Group]) -> Iterator[_Group]:
-        from pyserini_ssm.first_stage.lucene import fetch_texts
-
-        docids = list(dict.fromkeys(hit.docid for g in groups for q, head in zip(g.queries, g.heads)
-                                    for hit in q.hits[:head]))
-        try:
-            texts = fetch_texts(self.searcher, docids, skip_missing=self.skip_missing)
-        except UserError as error:
-            raise UserError(f"{error} (pass --skip-missing to leave such documents out)") from None
-        for group in groups:
-            yield _Group(group.index, [_with_texts(q, head, texts) for q, head in zip(group.queries, group.heads)],
-                         group.heads)
-
-
-class _CandidateTexts:
-    """Reads the candidates file again, keeping the texts of the wanted groups' queries only (one group at a time)."""
-
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, stage: "FirstStage"):
+        self.stage = stage
 
     def hydrate(self, groups: Iterable[_Group]) -> Iterator[_Group]:
-        from pyserini_ssm.candidates import iter_candidates
+        pulled: collections.deque[_Group] = collections.deque()
 
-        wanted = iter(groups)
-        group = next(wanted, None)
-        collected: list[RerankQuery] = []
-        position = -1
-        for candidate in iter_candidates(self.path):
-            if group is None:
-                return
-            position += 1
-            first = group.queries[0]
-            if not collected and candidate.qid != first.qid:
-                continue
-            expected = group.queries[len(collected)]
-            if candidate.qid != expected.qid or len(candidate.hits) != len(expected.hits):
-                raise UserError(f"{self.path} changed while reranking (query {expected.qid} expected at #{position}, "
-                                f"found {candidate.qid}): rerun to start over from the new file")
-            head = group.heads[len(collected)]
-            texts = {hit.docid: hit.text for hit in candidate.hits[:head]}
-            collected.append(_with_texts(expected, head, texts))
-            if len(collected) == len(group.queries):
-                yield _Group(group.index, collected, group.heads)
-                group, collected = next(wanted, None), []
-        if group is not None:
-            raise UserError(f"{self.path} changed while reranking (query {group.queries[0].qid} is gone): rerun to "
-                            f"start over from the new file")
+        def requests() -> Iterator[tuple[str, list[str]]]:
+            for group in groups:
+                pulled.append(group)
+                for query, head in zip(group.queries, group.heads):
+                    yield query.qid, [hit.docid for hit in query.hits[:head]]
+
+        filled: list[RerankQuery] = []
+        for texts in self.stage.texts(requests()):
+            group = pulled[0]
+            position = len(filled)
+            filled.append(_with_texts(group.queries[position], group.heads[position], texts))
+            if len(filled) == len(group.queries):
+                pulled.popleft()
+                yield _Group(group.index, filled, group.heads)
+                filled = []

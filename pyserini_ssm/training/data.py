@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
-from pyserini_ssm.bm25 import check_bm25_parameters
+from pyserini_ssm.bm25 import B, K1, SEARCH_THREADS, SEARCH_THREADS_HELP, check_bm25_parameters
+from pyserini_ssm.cli_config import option
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import atomic_output
 from pyserini_ssm.runs import read_numbered_lines
@@ -101,7 +102,7 @@ def _entry_text(entry, where: str) -> tuple[str | None, str | None]:
 
 
 def read_training_jsonl(path: str | os.PathLike, *, index: DocumentIndex | None = None, negatives_depth: int = 100,
-                        bm25_k1: float = 0.9, bm25_b: float = 0.4, threads: int = 1) -> list[TrainingExample]:
+                        bm25_k1: float = K1, bm25_b: float = B, threads: int = SEARCH_THREADS) -> list[TrainingExample]:
     """Read `{"query", "positives", "negatives"}` lines (gzip allowed) into examples.
 
     Without `index`, string entries are texts. With `index` (a `DocumentIndex`), string entries are docids whose
@@ -205,7 +206,7 @@ def _resolve_jsonl_docids(path: Path, rows, index: DocumentIndex, *, negatives_d
 
 
 def mine_bm25_negatives(index: DocumentIndex, queries: Mapping[str, str], positives: Mapping[str, set[str]], *,
-                        depth: int, k1: float = 0.9, b: float = 0.4, threads: int = 1,
+                        depth: int, k1: float = K1, b: float = B, threads: int = SEARCH_THREADS,
                         remove_query: bool = False) -> dict[str, list[str]]:
     """Hard negatives: each query's BM25 top-`depth` docids minus its positives, best first (Lucene: needs Java)."""
     if depth < 1:
@@ -298,8 +299,8 @@ def read_beir_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 
 def load_beir_training(folder: str | os.PathLike, *, index: DocumentIndex | None, split: str = "train",
-                       negatives_depth: int = 100, bm25_k1: float = 0.9, bm25_b: float = 0.4,
-                       threads: int = 1) -> list[TrainingExample]:
+                       negatives_depth: int = 100, bm25_k1: float = K1, bm25_b: float = B,
+                       threads: int = SEARCH_THREADS) -> list[TrainingExample]:
     """Examples from a BEIR folder's `split` qrels, texts from its corpus, negatives mined from `index`.
 
     `index` must index the same corpus (e.g. `LuceneDocuments` of an index by `python -m pyserini_ssm.index`); None
@@ -330,7 +331,7 @@ def load_beir_training(folder: str | os.PathLike, *, index: DocumentIndex | None
 
 
 def load_msmarco_training(queries_path: str, qrels_path: str, index: DocumentIndex, *, negatives_depth: int = 100,
-                          bm25_k1: float = 0.9, bm25_b: float = 0.4, threads: int = 1) -> list[TrainingExample]:
+                          bm25_k1: float = K1, bm25_b: float = B, threads: int = SEARCH_THREADS) -> list[TrainingExample]:
     """MS MARCO style: topics file + qrels (names or files), texts and BM25 negatives from `index` (needs Java)."""
     from pyserini_ssm.qrels import load_qrels
     from pyserini_ssm.topics import load_topics
@@ -481,18 +482,26 @@ class GroupSchedule:
 class DataSource:
     """Where training examples come from: exactly one of `train_jsonl`, `beir`, or `queries` + `qrels` + `index`."""
 
-    train_jsonl: str | None = None
-    beir: str | None = None
-    beir_split: str = "train"
-    queries: str | None = None
-    qrels: str | None = None
+    train_jsonl: str | None = field(default=None, metadata=option(
+        'JSON lines {"query", "positives": [...], "negatives": [...]} (texts; docids when --index is given; lines '
+        "without negatives are mined with --index)"))
+    beir: str | None = field(default=None, metadata=option(
+        "BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); negatives mined from --index"))
+    beir_split: str = field(default="train", metadata=option("qrels split of the BEIR folder"))
+    queries: str | None = field(default=None, metadata=option("MS MARCO style: topics file or name (qid<TAB>query)"))
+    qrels: str | None = field(default=None, metadata=option(
+        "MS MARCO style: qrels file or name; positives are relevance > 0"))
     # Texts of docids and BM25 negative mining: the CLI's --index path (opened by `load_examples`'s `open_index`), or
     # an opened DocumentIndex.
-    index: str | DocumentIndex | None = None
-    negatives_depth: int = 100  # BM25 top-k mined per query (its positives are removed)
-    bm25_k1: float = 0.9
-    bm25_b: float = 0.4
-    threads: int = 1
+    index: str | DocumentIndex | None = field(default=None, metadata=option(
+        "Lucene index: document texts for docids and BM25 negative mining (Java)"))
+    negatives_depth: int = field(default=100, metadata=option(
+        "BM25 top-k mined per query (its positives are removed)"))
+    bm25_k1: float = field(default=K1, metadata=option("BM25 k1 of the mining", flag="--k1",
+                                                       hidden_aliases=("--bm25-k1",)))
+    bm25_b: float = field(default=B, metadata=option("BM25 b of the mining", flag="--b", hidden_aliases=("--bm25-b",)))
+    threads: int = field(default=SEARCH_THREADS, metadata=option("BM25 search threads when mining",
+                                                                 default_help=SEARCH_THREADS_HELP))
 
     def validate(self) -> None:
         chosen = [name for name, value in (("--train-jsonl", self.train_jsonl), ("--beir", self.beir),

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 from pyserini_ssm import stopping
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import atomic_output, check_output_folder, writing
+from pyserini_ssm.training.config import TrainConfig  # noqa: F401  (also imported from here)
 from pyserini_ssm.training.data import GroupSchedule, TrainingExample, TrainingGroup, fingerprint
 from pyserini_ssm.training.losses import get_loss
 
@@ -43,61 +44,6 @@ LOG_FILE = "train_log.jsonl"
 LOSS_PLOT = "loss_curve.png"
 FINAL_DIR = "model"
 CHECKPOINT_PREFIX = "checkpoint-"
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes a training run (the CLI's flags map one to one onto these fields)."""
-
-    model: str  # registry name or reranker/backbone directory to start from
-    output: str  # folder for checkpoints, the final model, train_log.jsonl and the loss plot
-    group_size: int = 8  # 1 positive + (group_size - 1) negatives per group
-    loss: str = "lce"  # lce (cross-entropy over each group) or bce (pointwise)
-    batch_size: int = 8  # groups per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-5
-    weight_decay: float = 0.01  # not applied to biases and norm weights (1-d parameters)
-    warmup_ratio: float = 0.1  # fraction of the steps spent warming up linearly from 0
-    warmup_steps: int | None = None  # overrides warmup_ratio when given
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs when given
-    save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end)
-    resume: bool = False  # continue from the latest checkpoint in `output`
-    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16 (with a GradScaler), fp32
-    grad_checkpointing: bool = False
-    lora: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    max_length: int | None = None  # total tokens per pair (default: the model's)
-    max_query_length: int | None = None  # query tokens kept (default: all)
-    max_doc_length: int | None = None  # document tokens kept before the max_length cut (default: all that fit)
-    max_grad_norm: float = 1.0  # 0 turns clipping off
-    seed: int = 42
-    log_every: int = 1  # optimizer steps between train_log.jsonl lines
-    stop_after_steps: int | None = None  # stop (with a checkpoint) after this many steps, keeping the schedule
-    device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
-    disable_dropout: bool = False  # set every dropout probability to 0 (deterministic comparisons)
-    progress: bool = True  # tqdm bar on rank 0
-    pack: bool = False  # each micro-batch as one packed row, no padding (Mamba-2 seq_idx; transformers varlen)
-
-    def validate(self) -> None:
-        if self.group_size < 1 or (self.loss == "lce" and self.group_size < 2):
-            raise UserError(f"--group-size must be at least 2 for LCE (got {self.group_size})")
-        get_loss(self.loss)
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown --dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.epochs < 1:
-            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.save_every < 0:
-            raise UserError(f"--save-every must be 0 or more, got {self.save_every}")
 
 
 @dataclass
