@@ -94,6 +94,10 @@ def main() -> int:
                         "1,000 MS MARCO triples (1 epoch, lr 3e-5, max length 256, as bin/experiment-minilm-msmarco)")
     parser.add_argument("--dl19-candidates", help="the DL19 BM25 top-100 candidates file, reranked by that model")
     parser.add_argument("--extra-rerank-args", default="", help="e.g. '--dtype bf16'")
+    parser.add_argument("--extra-train-args", default="", help="e.g. '--pack' (packed rows, varlen attention)")
+    parser.add_argument("--fp8-test", action="store_true",
+                        help="also rerank the test queries with the final model in FP8 (--dtype fp8): the FP8 "
+                             "projections' effect on the ranking")
     args = parser.parse_args()
     start = time.perf_counter()
     elapsed = lambda: time.perf_counter() - start  # noqa: E731
@@ -138,14 +142,14 @@ def main() -> int:
             argv += ["--save-every", str(save_every)]
         if stop_after:
             argv += ["--stop-after-steps", str(stop_after)]
-        code = train_cli.main(argv)
+        code = train_cli.main(argv + args.extra_train_args.split())
         assert code == 0, code
 
-    def rerank(candidates: Path, model: Path, run: Path) -> float:
+    def rerank(candidates: Path, model: Path, run: Path, more: tuple[str, ...] = ()) -> float:
         began = time.perf_counter()
         code = rerank_cli.main(["--candidates", str(candidates), "--model", str(model), "--max-length",
                                 str(args.max_length), "--batch-size", str(args.rerank_batch), "--output", str(run),
-                                *extra])
+                                *extra, *more])
         assert code == 0, code
         return time.perf_counter() - began
 
@@ -208,6 +212,9 @@ def main() -> int:
         model = dev_model
     summary["final"]["rerank_test_s"] = rerank(test_candidates, model, test_run)
     summary["final"]["model"] = str(model)
+    if args.fp8_test:
+        summary["final"]["rerank_test_fp8_s"] = rerank(test_candidates, model,
+                                                       out / "run.scifact-test.smollm2-ft.fp8.txt", ("--dtype", "fp8"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
     if args.msmarco_train and args.dl19_candidates:
@@ -221,7 +228,7 @@ def main() -> int:
             argv = ["--model", str(base), "--train-jsonl", args.msmarco_train, "--output", str(output),
                     "--group-size", str(args.group), "--batch-size", str(args.batch), "--lr", "3e-5", "--epochs", "1",
                     "--max-length", "256", "--seed", "42"]
-            assert train_cli.main(argv) == 0
+            assert train_cli.main(argv + args.extra_train_args.split()) == 0
             began = time.perf_counter()
             assert rerank_cli.main(["--candidates", args.dl19_candidates, "--model", str(output / "model"),
                                     "--max-length", "256", "--batch-size", str(args.rerank_batch), "--output",

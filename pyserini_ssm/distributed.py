@@ -68,10 +68,13 @@ def context_from_env() -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-def init_from_env(device_type: str = "cpu", timeout: datetime.timedelta = DEFAULT_BARRIER_TIMEOUT) -> DistributedContext:
+def init_from_env(device_type: str = "cpu",
+                  timeout: datetime.timedelta | None = DEFAULT_BARRIER_TIMEOUT) -> DistributedContext:
     """Join the job's process group when launched by torchrun (WORLD_SIZE > 1): NCCL for CUDA, gloo otherwise.
 
-    A single process (no torchrun, or `--nproc-per-node 1`) gets a context of one and no process group.
+    A single process (no torchrun, or `--nproc-per-node 1`) gets a context of one and no process group. Every
+    torchrun job joins here (`rerank`, and `train` through `training.processes`). `timeout=None` keeps torch's
+    default, which `train` wants: there a collective that waits for minutes means a rank is stuck.
     """
     context = context_from_env()
     if not context.is_distributed:
@@ -85,7 +88,7 @@ def init_from_env(device_type: str = "cpu", timeout: datetime.timedelta = DEFAUL
         import torch
 
         torch.cuda.set_device(context.local_rank)
-    dist.init_process_group(backend=backend, timeout=timeout)
+    dist.init_process_group(backend=backend, **({} if timeout is None else {"timeout": timeout}))
     logger.info("rank %d of %d joined the %s process group", context.rank, context.world_size, backend)
     return DistributedContext(context.rank, context.world_size, context.local_rank, backend, initialized=True)
 

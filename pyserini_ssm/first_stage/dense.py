@@ -14,17 +14,16 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from pyserini_ssm.collection import iter_corpus  # noqa: F401  (the corpus reader; also imported from here)
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import check_output_folder, make_temporary_folder
 from pyserini_ssm.runs import Hit
@@ -128,40 +127,6 @@ class SentenceEncoder:
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         return self.encode_texts(list(queries), prefix=self.config.query_prefix)
-
-
-def iter_corpus(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
-    """(docid, text) from a BEIR corpus (title + " " + text) or JsonCollection (contents) JSONL file (.gz too)."""
-    path = Path(path)
-    if path.is_dir():
-        files = [path / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (path / n).is_file()][:1]
-        files = files or sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz", ".json")))
-        if not files:
-            raise UserError(f"{path}: no corpus.jsonl or *.jsonl files to encode")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise UserError(f"corpus not found: {path}")
-    for file in files:
-        opener = gzip.open if file.name.endswith(".gz") else open
-        with opener(file, "rt", encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{file}:{line_number}: not a JSON object ({error.msg})") from None
-                if "_id" in record:
-                    title = (record.get("title") or "").strip()
-                    text = (record.get("text") or "").strip()
-                    yield str(record["_id"]), f"{title} {text}".strip()
-                elif "id" in record and "contents" in record:
-                    yield str(record["id"]), record["contents"]
-                else:
-                    raise UserError(
-                        f"{file}:{line_number}: expected BEIR fields _id/title/text or JsonCollection id/contents"
-                    )
 
 
 def write_faiss_index(embeddings: np.ndarray, docids: Sequence[str], index_dir: str | os.PathLike) -> Path:

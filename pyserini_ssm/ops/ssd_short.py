@@ -502,11 +502,15 @@ class ShortSSDFn(torch.autograd.Function):
                 HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=blocks, BT=plan.block_t,
                 DOT_PRECISION=precision, num_warps=ROWS_WARPS,
             )
-        # d cs_t = sum_s dlogL[t, s] - sum_t' dlogL[t', t]; a_r enters every cs_t of its sequence with t >= r.
-        dcs = (rowsum - colsum).double()  # (T, H)
-        reverse = torch.flip(torch.cumsum(torch.flip(dcs, (0,)), 0), (0,))  # sum_{t >= r} over the row
-        reverse = torch.cat([reverse, reverse.new_zeros(1, heads)])
-        da = reverse[:-1] - reverse[plan.seq_end]  # (T, H) float64, restarted at each sequence end
+        # d cs_t = sum_s dlogL[t, s] - sum_t' dlogL[t', t]; a_r enters every cs_t of its sequence with t >= r, so
+        # da_r = sum_{r <= t < seq_end_r} dcs_t = E[seq_end_r] - E[r], E the exclusive prefix sum over the row
+        # (float64: the terms of one sequence nearly cancel). The scan runs along the contiguous dimension of an
+        # (H, T) copy: torch scans dim 0 of a (T, H) tensor with one sequential thread per column, 2.5 ms a layer
+        # at 13k tokens on an H200 (37 % of a training step, bin/profile-training-step).
+        dcs = (rowsum - colsum).t().double().contiguous()  # (H, T)
+        prefix = dcs.new_zeros(heads, tokens + 1)
+        prefix[:, 1:] = torch.cumsum(dcs, 1)
+        da = (prefix[:, plan.seq_end] - prefix[:, :-1]).t()  # (T, H) float64, restarted at each sequence end
         ddt = ddt_x + da.float() * A
         dA = (da * dt.double()).sum(0)  # float64: the terms of one sequence nearly cancel
         v = dt_raw.float() + (dt_bias.float() if dt_bias is not None else 0.0)

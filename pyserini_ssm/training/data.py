@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from pyserini_ssm.bm25 import B, K1, SEARCH_THREADS, SEARCH_THREADS_HELP, check_bm25_parameters
 from pyserini_ssm.cli_config import option
+from pyserini_ssm.collection import iter_corpus
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.files import atomic_output
 from pyserini_ssm.runs import read_numbered_lines
@@ -253,19 +254,9 @@ def _find(folder: Path, *names: str) -> Path:
 
 
 def read_beir_corpus(path: Path) -> dict[str, str]:
-    """BEIR corpus.jsonl -> docid -> "title text" (the flat form BEIR's Lucene indexes hold)."""
-    corpus = {}
-    for number, line in read_numbered_lines(path):  # bad UTF-8 or gzip: file:line, no traceback
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            docid = str(record["_id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{number}: expected a JSON object with \"_id\", \"title\", \"text\"") from None
-        title, text = record.get("title") or "", record.get("text") or ""
-        corpus[docid] = f"{title} {text}".strip() if title else text
-    return corpus
+    """BEIR corpus.jsonl -> docid -> "title text" (the flat form BEIR's Lucene indexes hold: `collection.beir_text`,
+    so a positive read here has the text of the same document fetched from the index)."""
+    return dict(iter_corpus(path))
 
 
 def read_beir_queries(path: Path) -> dict[str, str]:
