@@ -37,6 +37,9 @@ ROWS_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_WARPS", "8"))  # the dB/d
 # runtime skips. Opt-in until measured (bin/profile-short-ssd times both).
 LOADED_BOUNDS = os.environ.get("PYSERINI_SSM_SSD_LOADED_BOUNDS", "0") == "1"
 FWD_HEADS_PER_PROGRAM = int(os.environ.get("PYSERINI_SSM_SSD_FWD_HEADS", "1"))  # heads one forward program runs
+# Heads one dB/dC program sums its S over (a divisor of heads per group, at most this): fewer heads per program give
+# more programs (at 13k tokens and 16 heads, 624 programs: under 5 per SM) for more dB/dC atomics.
+ROWS_HEADS_LIMIT = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_HEADS", "16"))
 SOFTPLUS_THRESHOLD = 20.0  # as torch's softplus and mamba_ssm's _chunk_cumsum kernels
 
 
@@ -494,7 +497,7 @@ class ShortSSDFn(torch.autograd.Function):
                 P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None, DOT_PRECISION=precision,
                 num_warps=NUM_WARPS,
             )
-            per_program = _heads_per_program(heads // groups)
+            per_program = _heads_per_program(heads // groups, ROWS_HEADS_LIMIT)
             bwd_rows_kernel[(plan.tiles, blocks, heads // per_program)](
                 x, B, C, cb, dt, cs, dy, rowsum, dB, dC, plan.seq_start, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
