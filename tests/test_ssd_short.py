@@ -113,13 +113,13 @@ def compare_with_reference(lengths, block_t, dt_limit=(0.0, float("inf")), devic
     return errors
 
 
-def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0) -> dict:
+def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0, env_switches=None) -> dict:
     pytest.importorskip("triton")
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import test_ssd_short as t; "
         f"print(json.dumps(t.compare_with_reference({list(lengths)}, {block_t}, {tuple(dt_limit)!r}, seed={seed})))"
     )
-    env = dict(os.environ, TRITON_INTERPRET="1", PYSERINI_SSM_SSD_BLOCK_M="16")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYSERINI_SSM_SSD_BLOCK_M="16", **(env_switches or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
     code = code.replace("(0.0, inf)", "(0.0, float('inf'))")
     result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
@@ -154,6 +154,28 @@ def test_interpreted_kernel_matches_float64_reference():
 ])
 def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
     errors = _interpreted(lengths, 32, dt_limit=dt_limit, seed=seed)
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < fp32_tolerance(name), (name, errors)
+
+
+# The forward variants and the (H, T) layout of dt/cs (ops.ssd_short's env switches), on the row of the default's
+# test: one token, exactly the tile, tile + 1, full tiles; gradients too (the backward reads dt/cs in their layout).
+@pytest.mark.parametrize("switches", [
+    {"PYSERINI_SSM_SSD_FWD": "factored"},
+    {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},
+])
+def test_interpreted_forward_variants_match_float64_reference(switches):
+    errors = _interpreted([1, 32, 5, 33, 20, 12, 2, 1], 32, env_switches=switches)
+    assert errors["y_long_zero"]
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < fp32_tolerance(name), (name, switches, errors)
+
+
+def test_interpreted_factored_forward_with_sequences_across_blocks():
+    """Sequences that start inside a row block and reach back over several column blocks (where u and v are
+    taken across sequence boundaries), steep decay (dt_limit up to 3: cs falls fast), length-1 sequences."""
+    errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7,
+                          env_switches={"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"})
     for name in ("y",) + GRAD_NAMES:
         assert errors[name] < fp32_tolerance(name), (name, errors)
 
