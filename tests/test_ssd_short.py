@@ -163,6 +163,7 @@ def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
 @pytest.mark.parametrize("switches", [
     {"PYSERINI_SSM_SSD_FWD": "factored"},
     {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},
+    {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},  # both heads of a group in one program
 ])
 def test_interpreted_forward_variants_match_float64_reference(switches):
     errors = _interpreted([1, 32, 5, 33, 20, 12, 2, 1], 32, env_switches=switches)
@@ -174,10 +175,12 @@ def test_interpreted_forward_variants_match_float64_reference(switches):
 def test_interpreted_factored_forward_with_sequences_across_blocks():
     """Sequences that start inside a row block and reach back over several column blocks (where u and v are
     taken across sequence boundaries), steep decay (dt_limit up to 3: cs falls fast), length-1 sequences."""
-    errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7,
-                          env_switches={"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"})
-    for name in ("y",) + GRAD_NAMES:
-        assert errors[name] < fp32_tolerance(name), (name, errors)
+    for switches in ({"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"},
+                     {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2",
+                      "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"}):
+        errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7, env_switches=switches)
+        for name in ("y",) + GRAD_NAMES:
+            assert errors[name] < fp32_tolerance(name), (name, switches, errors)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -338,6 +338,74 @@ def _kernels():
                      mask=row_ok[:, None])
 
     @triton.jit
+    def fwd_wide_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
+                        s_x_t, s_y_t, s_y_h, s_dt_t, s_dt_h, heads, heads_per_group, groups,
+                        P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, HAS_D: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr, HC: tl.constexpr):
+        # fwd_factored_kernel for HC heads of one group at once. Off the diagonal the decay is rank one per head
+        # (u_t v_s), so the HC heads' v dt X_j tiles sit side by side as (BM, HC P) columns of ONE dot with the
+        # CB tile, loaded once; x's heads are contiguous (stride P), so that tile is one contiguous row slice.
+        # The diagonal block, with its full masked exp per head, is a batched (HC, BM, BM) x (HC, BM, P) dot.
+        h0 = tl.program_id(0) * HC
+        block = tl.program_id(1)
+        tile = tl.program_id(2)
+        ts = tl.load(tile_start_ptr + tile)
+        te = tl.load(tile_end_ptr + tile)
+        r0 = ts + block * BM
+        if r0 >= te:
+            return
+        g = h0 // heads_per_group
+        dtype = x_ptr.dtype.element_ty
+        offs_m = tl.arange(0, BM)
+        offs_p = tl.arange(0, P)
+        offs_w = tl.arange(0, HC * P)
+        heads_c = h0 + tl.arange(0, HC)
+        rows = r0 + offs_m
+        row_ok = rows < te
+        j_lo = (tl.load(seq_start_ptr + r0) - ts) // BM  # the first column block the rows' sequences reach
+        cb_row = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
+        cs_i = tl.load(cs_ptr + heads_c[:, None] * s_dt_h + rows[None, :] * s_dt_t, mask=row_ok[None, :],
+                       other=0.0)  # (HC, BM)
+        dt_i = tl.load(dt_ptr + heads_c[:, None] * s_dt_h + rows[None, :] * s_dt_t, mask=row_ok[None, :], other=0.0)
+        x_i = tl.load(x_ptr + rows[None, :, None] * s_x_t + (heads_c[:, None, None] * P + offs_p[None, None, :]),
+                      mask=row_ok[None, :, None], other=0.0)  # (HC, BM, P)
+        cb = tl.load(cb_row + block * BM + offs_m[None, :]).to(tl.float32)
+        m = cb[None, :, :] * tl.exp(tl.minimum(cs_i[:, :, None] - cs_i[:, None, :], 0.0)) * dt_i[:, None, :]
+        acc = tl.dot(m.to(dtype), x_i, input_precision=DOT_PRECISION)  # (HC, BM, P)
+        if j_lo < block:
+            e = tl.load(cs_ptr + (r0 - 1) * s_dt_t + heads_c * s_dt_h)  # (HC,)
+            off = tl.zeros((BM, HC * P), dtype=tl.float32)
+            if LOADED_BOUNDS:
+                    for jb in range(j_lo, block):
+                        cols = ts + jb * BM + offs_m  # inside the tile, before row r0 - 1 (so v <= 1)
+                        cs_j = tl.load(cs_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)  # (BM, HC)
+                        dt_j = tl.load(dt_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)
+                        v = tl.exp(tl.minimum(e[None, :] - cs_j, 0.0)) * dt_j
+                        v_wide = tl.reshape(tl.broadcast_to(v[:, :, None], (BM, HC, P)), (BM, HC * P))
+                        x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h0 * P + offs_w[None, :])  # (BM, HC P)
+                        xv = (x_j.to(tl.float32) * v_wide).to(dtype)
+                        cb_j = tl.load(cb_row + jb * BM + offs_m[None, :])  # masked C_i B_j^T, inputs' dtype
+                        off += tl.dot(cb_j, xv, input_precision=DOT_PRECISION)
+            else:
+                    for jb in range(0, NB):
+                      if (jb >= j_lo) & (jb < block):
+                        cols = ts + jb * BM + offs_m  # inside the tile, before row r0 - 1 (so v <= 1)
+                        cs_j = tl.load(cs_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)  # (BM, HC)
+                        dt_j = tl.load(dt_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)
+                        v = tl.exp(tl.minimum(e[None, :] - cs_j, 0.0)) * dt_j
+                        v_wide = tl.reshape(tl.broadcast_to(v[:, :, None], (BM, HC, P)), (BM, HC * P))
+                        x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h0 * P + offs_w[None, :])  # (BM, HC P)
+                        xv = (x_j.to(tl.float32) * v_wide).to(dtype)
+                        cb_j = tl.load(cb_row + jb * BM + offs_m[None, :])  # masked C_i B_j^T, inputs' dtype
+                        off += tl.dot(cb_j, xv, input_precision=DOT_PRECISION)
+            off = tl.permute(tl.reshape(off, (BM, HC, P)), (1, 0, 2))  # (HC, BM, P)
+            acc += tl.exp(tl.minimum(cs_i - e[:, None], 0.0))[:, :, None] * off
+        if HAS_D:
+            acc += tl.load(D_ptr + heads_c).to(tl.float32)[:, None, None] * x_i.to(tl.float32)
+        tl.store(y_ptr + rows[None, :, None] * s_y_t + heads_c[:, None, None] * s_y_h + offs_p[None, None, :],
+                 acc.to(y_ptr.dtype.element_ty), mask=row_ok[None, :, None])
+
+    @triton.jit
     def bwd_columns_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, dy_ptr, dx_ptr, ddt_ptr, colsum_ptr, ddd_ptr,
                            seq_end_ptr, tile_start_ptr, tile_end_ptr,
                            s_x_t, s_x_h, s_dy_t, s_dy_h, s_dx_t, s_dx_h, s_dt_t, s_dt_h, heads, heads_per_group,
@@ -453,7 +521,8 @@ def _kernels():
                           mask=col_ok[:, None])
         tl.atomic_add(dC_ptr + rows[:, None] * s_db_t + g * s_db_g + offs_n[None, :], dC, mask=row_ok[:, None])
 
-    return dt_cumsum_kernel, cb_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel, fwd_factored_kernel
+    return (dt_cumsum_kernel, cb_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel, fwd_factored_kernel,
+            fwd_wide_kernel)
 
 
 def _interpreted() -> bool:
@@ -519,7 +588,6 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
     """Y (T, H, P) for the tiled tokens (zeros at long-sequence tokens when `fill_long`, else left unwritten).
     x (T, H, P), dt/cs (T, H) fp32 from `_dt_cumsum`, cb from `_masked_cb`, D (H,) or None."""
     kernels = _kernels()
-    fwd_kernel = kernels[5] if FWD_VARIANT == "factored" else kernels[2]
     tokens, heads, head_dim = x.shape
     groups = cb.shape[1]
     y = torch.empty(tokens, heads, head_dim, device=x.device, dtype=x.dtype)
@@ -528,13 +596,25 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
     if plan.tiles:
         blocks = plan.block_t // BLOCK_M
         per_program = FWD_HEADS_PER_PROGRAM if heads % FWD_HEADS_PER_PROGRAM == 0 else 1
-        fwd_kernel[(heads // per_program, blocks, plan.tiles)](
-            x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
-            x.stride(0), x.stride(1), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads, heads // groups,
-            groups, P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None,
-            DOT_PRECISION=_dot_precision(x.dtype), LOADED_BOUNDS=LOADED_BOUNDS and not _interpreted(), HC=per_program,
-            num_warps=NUM_WARPS,
-        )
+        grid = (heads // per_program, blocks, plan.tiles)
+        common = dict(P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None,
+                      DOT_PRECISION=_dot_precision(x.dtype), LOADED_BOUNDS=LOADED_BOUNDS and not _interpreted(),
+                      HC=per_program, num_warps=NUM_WARPS)
+        wide = (FWD_VARIANT == "wide" and x.stride(1) == head_dim and (heads // groups) % per_program == 0
+                and per_program & (per_program - 1) == 0)  # the heads of one program: one group, x rows contiguous
+        if wide:
+            kernels[6][grid](
+                x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
+                x.stride(0), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads, heads // groups, groups,
+                **common,
+            )
+        else:
+            fwd_kernel = kernels[5] if FWD_VARIANT in ("factored", "wide") else kernels[2]
+            fwd_kernel[grid](
+                x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
+                x.stride(0), x.stride(1), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads,
+                heads // groups, groups, **common,
+            )
     return y
 
 
