@@ -130,3 +130,34 @@ def test_gpu_kernel_matches_causal_conv1d(dtype):
     ours = packed_causal_conv1d(x, weight, bias, seq_start)
     error = float((ours.float() - stock.float()).abs().max() / stock.float().abs().max())
     assert error < (1e-5 if dtype == torch.float32 else 1e-2), error
+
+
+@pytest.mark.gpu
+def test_gpu_model_scores_with_the_triton_conv(monkeypatch):
+    """A tiny Mamba-2 scorer (fp32) through the short SSD: the mixer's Triton conv (PYSERINI_SSM_CONV=triton, set
+    here as the module attribute) gives the scores of causal_conv1d, in inference; with grad it keeps causal_conv1d."""
+    import numpy as np
+
+    import pyserini_ssm.models.mamba2_mixer as mixer_module
+    from pyserini_ssm.models.mamba import build_mamba_backbone, tiny_hf_config
+
+    config = tiny_hf_config("mamba2", head_dim=16, num_heads=8, n_groups=1, state_size=16, chunk_size=256)
+    torch.manual_seed(0)
+    backbone = build_mamba_backbone(config, backend="cuda", device="cuda")
+    backbone.model.ssd_backend = "short"
+    lengths = [1, 256, 257, 30, 80, 3, 120]
+    input_ids = torch.randint(1, config.vocab_size, (1, sum(lengths)), device="cuda")
+    seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
+                                      torch.tensor(lengths)).cuda()[None]
+    last = torch.tensor(np.cumsum(lengths) - 1, device="cuda")
+    outputs = {}
+    for name in ("causal_conv1d", "triton"):
+        monkeypatch.setattr(mixer_module, "CONV_BACKEND", name)
+        with torch.no_grad():
+            outputs[name] = backbone(input_ids, seq_idx=seq_idx)[0, last]
+    error = float((outputs["triton"] - outputs["causal_conv1d"]).abs().max() / outputs["causal_conv1d"].abs().max())
+    assert error <= 1e-5, error
+    monkeypatch.setattr(mixer_module, "CONV_BACKEND", "triton")
+    with_grad = backbone(input_ids, seq_idx=seq_idx)[0, last]  # training path: causal_conv1d, differentiable
+    with_grad.sum().backward()
+    assert backbone.model.layers[0].mixer.conv1d.weight.grad is not None

@@ -206,6 +206,24 @@ def test_gpu_kernel_matches_reference(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant, heads_per_program, layout, loaded", [
+    ("factored", 1, "th", True), ("factored", 4, "ht", True), ("wide", 2, "ht", True), ("wide", 4, "ht", False),
+])
+def test_gpu_forward_variants_match_reference(monkeypatch, dtype, variant, heads_per_program, layout, loaded):
+    """The env-switched forward variants (set here as the module attributes the switches set), compiled."""
+    import pyserini_ssm.ops.ssd_short as ssd
+
+    for name, value in (("FWD_VARIANT", variant), ("FWD_HEADS_PER_PROGRAM", heads_per_program),
+                        ("DT_LAYOUT", layout), ("LOADED_BOUNDS", loaded)):
+        monkeypatch.setattr(ssd, name, value)
+    errors = compare_with_reference(GPU_LENGTHS, 256, device="cuda", dtype=dtype)
+    print("short SSD", variant, heads_per_program, layout, "vs float64", dtype, errors)
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < GPU_TOLERANCE[dtype], (name, errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_short_and_long_match_mamba_chunk_scan(dtype):
     """Our SSD (short tiles + mamba_ssm for the long sequences, as the mixer runs it) vs mamba_chunk_scan_combined
     on the whole row, heads 48, headdim 64, d_state 128, one group (mamba2-780m's shape)."""
