@@ -12,6 +12,12 @@ go to mamba_ssm's chunked kernel (`models.mamba2_mixer`). One Triton program per
 computes C_i B_j^T for the column blocks its rows can see (same sequence, s <= t; blocks of other sequences are
 skipped), the decay from the tile's cumulative sum, and accumulates (L o CB) (dt X) with `tl.dot`.
 
+Forward variants (env switches, opt-in until timed by bin/profile-short-ssd; the backward is the same for all):
+"factored" pays the (BM, BM) masked exp only on the diagonal block: before it the decay is exactly rank one,
+exp(cs_t - cs_s) = exp(cs_t - e) exp(e - cs_s) with e = cs of the row before the row block (both factors <= 1);
+"wide" runs FWD_HEADS heads of a group per program and puts their off-diagonal tiles side by side as the columns of
+one dot with the CB tile; DT_LAYOUT "ht" stores dt and cs (H, T) so a head's loads of consecutive tokens coalesce.
+
 Backward: two kernels. One per (tile, column block, head) accumulates dXdt_j = sum_i M_ij^T dY_i (so dX = dt dXdt +
 D dY, ddt += x . dXdt, dD) and the column sums of dM o M; one per (tile, row block, heads of one group) forms
 dM = dY Xdt^T per head, the row sums of dM o M and S = sum_h dM_h o L_h, and from S (shared by the group's heads)
