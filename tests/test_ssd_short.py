@@ -172,15 +172,16 @@ def test_interpreted_forward_variants_match_float64_reference(switches):
         assert errors[name] < fp32_tolerance(name), (name, switches, errors)
 
 
-def test_interpreted_factored_forward_with_sequences_across_blocks():
+@pytest.mark.parametrize("switches", [
+    {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"},
+    {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"},
+])
+def test_interpreted_factored_forward_with_sequences_across_blocks(switches):
     """Sequences that start inside a row block and reach back over several column blocks (where u and v are
     taken across sequence boundaries), steep decay (dt_limit up to 3: cs falls fast), length-1 sequences."""
-    for switches in ({"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"},
-                     {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2",
-                      "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"}):
-        errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7, env_switches=switches)
-        for name in ("y",) + GRAD_NAMES:
-            assert errors[name] < fp32_tolerance(name), (name, switches, errors)
+    errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7, env_switches=switches)
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < fp32_tolerance(name), (name, switches, errors)
 
 
 # --------------------------------------------------------------------------------------------------------------------
