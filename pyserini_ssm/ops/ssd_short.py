@@ -404,8 +404,8 @@ def _kernels():
                         xv = (x_j.to(tl.float32) * v_wide).to(dtype)
                         cb_j = tl.load(cb_row + jb * BM + offs_m[None, :])  # masked C_i B_j^T, inputs' dtype
                         off += tl.dot(cb_j, xv, input_precision=DOT_PRECISION)
-            off = tl.permute(tl.reshape(off, (BM, HC, P)), (1, 0, 2))  # (HC, BM, P)
-            acc += tl.exp(tl.minimum(cs_i - e[:, None], 0.0))[:, :, None] * off
+            off_heads = tl.permute(tl.reshape(off, (BM, HC, P)), (1, 0, 2))  # (HC, BM, P)
+            acc += tl.exp(tl.minimum(cs_i - e[:, None], 0.0))[:, :, None] * off_heads
         if HAS_D:
             acc += tl.load(D_ptr + heads_c).to(tl.float32)[:, None, None] * x_i.to(tl.float32)
         tl.store(y_ptr + rows[None, :, None] * s_y_t + heads_c[:, None, None] * s_y_h + offs_p[None, None, :],
