@@ -52,8 +52,9 @@ def measure_crossencoder(reranker: Any, workload: Workload, *, crossencoder: Any
     record = _base_record(reranker, "crossencoder", label, workload, batch_size=batch_size, repeats=repeats,
                           note="sentence-transformers CrossEncoder.predict, end to end")
     record.parameters = count_parameters(crossencoder.model)
-    record.dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(
-        next(crossencoder.model.parameters()).dtype, "?")
+    from pyserini_ssm.models.dtypes import DTYPE_NAMES
+
+    record.dtype = DTYPE_NAMES.get(next(crossencoder.model.parameters()).dtype, "?")
     timing = time_call(lambda: crossencoder.predict(texts, batch_size=batch_size, show_progress_bar=False,
                                                     convert_to_numpy=True), reranker.device, repeats, warmup)
     return _fill(record, timing, reranker)

@@ -79,7 +79,9 @@ def attention_label(reranker: Any) -> str:
     """The attention kernels recorded since the last `reset_kernel_record()`; "none (SSM)" for Mamba."""
     from pyserini_ssm.models.attention import kernels_used
 
-    if reranker.spec.family in ("mamba1", "mamba2"):
+    from pyserini_ssm.models.families import family_adapter
+
+    if not family_adapter(reranker.spec.family).has_attention:
         return "none (SSM)"
     return kernels_used()
 

@@ -175,10 +175,13 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> tuple[
                 records += _logged(log, measure_inference(reranker, workload, batch_size=config.batch_size,
                                                           token_budget=config.token_budget, repeats=config.repeats,
                                                           warmup=config.warmup, seed=config.seed))
-                if reranker.spec.family == "encoder" and config.crossencoder and reranker.fp8 is not None:
+                from pyserini_ssm.models.families import family_adapter
+
+                crossencoder_baseline = family_adapter(reranker.spec.family).crossencoder_baseline
+                if crossencoder_baseline and config.crossencoder and reranker.fp8 is not None:
                     log("  CrossEncoder baseline skipped: it loads the bf16 weights, which an fp8 model no longer "
                         "holds (measure it with --dtype bf16)")
-                elif reranker.spec.family == "encoder" and config.crossencoder:
+                elif crossencoder_baseline and config.crossencoder:
                     records += _logged(log, _crossencoder_records(reranker, workload, config))
             for length in fixed:
                 if length > reranker.max_length:

@@ -113,13 +113,13 @@ def compare_with_reference(lengths, block_t, dt_limit=(0.0, float("inf")), devic
     return errors
 
 
-def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0) -> dict:
+def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0, env_switches=None) -> dict:
     pytest.importorskip("triton")
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import test_ssd_short as t; "
         f"print(json.dumps(t.compare_with_reference({list(lengths)}, {block_t}, {tuple(dt_limit)!r}, seed={seed})))"
     )
-    env = dict(os.environ, TRITON_INTERPRET="1", PYSERINI_SSM_SSD_BLOCK_M="16")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYSERINI_SSM_SSD_BLOCK_M="16", **(env_switches or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
     code = code.replace("(0.0, inf)", "(0.0, float('inf'))")
     result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
@@ -158,6 +158,32 @@ def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
         assert errors[name] < fp32_tolerance(name), (name, errors)
 
 
+# The forward variants and the (H, T) layout of dt/cs (ops.ssd_short's env switches), on the row of the default's
+# test: one token, exactly the tile, tile + 1, full tiles; gradients too (the backward reads dt/cs in their layout).
+@pytest.mark.parametrize("switches", [
+    {"PYSERINI_SSM_SSD_FWD": "factored"},
+    {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},
+    {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},  # both heads of a group in one program
+])
+def test_interpreted_forward_variants_match_float64_reference(switches):
+    errors = _interpreted([1, 32, 5, 33, 20, 12, 2, 1], 32, env_switches=switches)
+    assert errors["y_long_zero"]
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < fp32_tolerance(name), (name, switches, errors)
+
+
+@pytest.mark.parametrize("switches", [
+    {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"},
+    {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht"},
+])
+def test_interpreted_factored_forward_with_sequences_across_blocks(switches):
+    """Sequences that start inside a row block and reach back over several column blocks (where u and v are
+    taken across sequence boundaries), steep decay (dt_limit up to 3: cs falls fast), length-1 sequences."""
+    errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7, env_switches=switches)
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < fp32_tolerance(name), (name, switches, errors)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # GPU
 
@@ -175,6 +201,24 @@ def test_gpu_kernel_matches_reference(dtype):
     errors = compare_with_reference(GPU_LENGTHS, 256, device="cuda", dtype=dtype)
     print("short SSD vs float64", dtype, errors)
     assert errors["y_long_zero"]
+    for name in ("y",) + GRAD_NAMES:
+        assert errors[name] < GPU_TOLERANCE[dtype], (name, errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant, heads_per_program, layout, loaded", [
+    ("factored", 1, "th", True), ("factored", 4, "ht", True), ("wide", 2, "ht", True), ("wide", 4, "ht", False),
+])
+def test_gpu_forward_variants_match_reference(monkeypatch, dtype, variant, heads_per_program, layout, loaded):
+    """The env-switched forward variants (set here as the module attributes the switches set), compiled."""
+    import pyserini_ssm.ops.ssd_short as ssd
+
+    for name, value in (("FWD_VARIANT", variant), ("FWD_HEADS_PER_PROGRAM", heads_per_program),
+                        ("DT_LAYOUT", layout), ("LOADED_BOUNDS", loaded)):
+        monkeypatch.setattr(ssd, name, value)
+    errors = compare_with_reference(GPU_LENGTHS, 256, device="cuda", dtype=dtype)
+    print("short SSD", variant, heads_per_program, layout, "vs float64", dtype, errors)
     for name in ("y",) + GRAD_NAMES:
         assert errors[name] < GPU_TOLERANCE[dtype], (name, errors)
 

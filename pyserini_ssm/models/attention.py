@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from pyserini_ssm.models.families import ROBERTA_MODEL_TYPES, position_offset
+
 logger = logging.getLogger(__name__)
 
 VARLEN_ATTENTION = "pyserini_ssm_varlen"
@@ -44,7 +46,8 @@ SDPA = "sdpa"  # padded batches: transformers' SDPA attention
 FAST_DTYPES = (torch.bfloat16, torch.float16)
 # The implementations whose padded path our dispatcher reproduces exactly (by calling transformers' own function).
 DISPATCHABLE = ("sdpa",)
-ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions are numbered after the pad id
+# RoBERTa-style position ids start after the pad id: `families.position_offset` (one rule for every caller).
+ROBERTA_POSITIONS = ROBERTA_MODEL_TYPES
 
 _calls: Counter = Counter()
 _last: dict[str, Any] = {}
@@ -303,8 +306,9 @@ def packed_hidden_states(backbone: Any, batch: dict[str, torch.Tensor], *, decod
         max_length = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     position_ids = batch["position_ids"]  # (1, T)
     config = backbone.config
-    if config.model_type in ROBERTA_POSITIONS:
-        position_ids = position_ids + int(config.pad_token_id) + 1
+    offset = position_offset(config)
+    if offset:
+        position_ids = position_ids + offset
     kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "position_ids": position_ids,
                               "cu_seq_lens_q": cu_seqlens, "cu_seq_lens_k": cu_seqlens,
                               "max_length_q": int(max_length), "max_length_k": int(max_length)}

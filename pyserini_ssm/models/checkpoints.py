@@ -28,8 +28,10 @@ from typing import Any
 
 from pyserini_ssm.errors import UserError, first_line
 from pyserini_ssm.files import check_output_folder, make_temporary_folder, writing
+from pyserini_ssm.models.dtypes import torch_dtype
+# family_of_config is re-exported: callers ask this module what family a checkpoint's config is.
+from pyserini_ssm.models.families import family_adapter, family_of_config, family_of_state_spaces  # noqa: F401
 from pyserini_ssm.models.registry import REGISTRY, ModelSpec
-from pyserini_ssm.models.scoring import ENCODER_MODEL_TYPES, MAMBA_FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -69,43 +71,14 @@ class LoadedCheckpoint:
 # Families and specs from a checkpoint's own config
 
 
-def family_of_config(config: Any) -> str:
-    """mamba1 / mamba2 / encoder / decoder, from the config's `model_type` (explicit, never a name's substring)."""
-    model_type = getattr(config, "model_type", None)
-    if model_type == "mamba":
-        return "mamba1"
-    if model_type == "mamba2":
-        return "mamba2"
-    if model_type in ENCODER_MODEL_TYPES:
-        return "encoder"
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return "decoder"
-    raise UserError(f"unsupported model type {model_type!r}: pyserini_ssm reranks with Mamba, decoder (causal LM) "
-                    f"and encoder transformers")
-
-
-def default_template(family: str, model_type: str | None) -> str:
-    if family == "encoder":
-        return "roberta" if model_type in ("roberta", "xlm-roberta", "camembert") else "encoder"
-    return "ssm"
-
-
 def spec_for_config(config: Any, name: str, checkpoint: str, tokenizer: str) -> ModelSpec:
-    """A ModelSpec for a folder that carries no registry entry: the family's default template and pooling."""
-    family = family_of_config(config)
-    model_type = getattr(config, "model_type", None)
-    max_length = 512
-    if family == "encoder":
-        positions = getattr(config, "max_position_embeddings", 512)
-        # RoBERTa reserves pad_token_id + 1 positions.
-        offset = (getattr(config, "pad_token_id", 0) or 0) + 1 if model_type in ("roberta", "xlm-roberta") else 0
-        max_length = min(512, positions - offset)
+    """A ModelSpec for a folder that carries no registry entry: its family adapter's default template, pooling and
+    max length."""
+    adapter = family_adapter(family_of_config(config))
     architecture = config.to_dict()
-    return ModelSpec(name=name, family=family, checkpoint=checkpoint, tokenizer=tokenizer,
-                     template=default_template(family, model_type), pooling="cls" if family == "encoder" else "last",
-                     max_length=max_length, architecture=_jsonable(architecture))
+    return ModelSpec(name=name, family=adapter.name, checkpoint=checkpoint, tokenizer=tokenizer,
+                     template=adapter.default_template(config), pooling=adapter.default_pooling,
+                     max_length=adapter.default_max_length(config), architecture=_jsonable(architecture))
 
 
 def _jsonable(data: Any) -> Any:
@@ -114,17 +87,8 @@ def _jsonable(data: Any) -> Any:
 
 def hf_config_for_spec(spec: ModelSpec, architecture: dict[str, Any] | None = None) -> Any:
     """The Hugging Face config of a registry architecture (no download)."""
-    architecture = dict(spec.architecture if architecture is None else architecture)
-    if spec.family in MAMBA_FAMILIES:
-        from pyserini_ssm.models.mamba import hf_config_from_state_spaces
-
-        return hf_config_from_state_spaces(architecture)
-    from transformers import AutoConfig
-
-    model_type = architecture.pop("model_type", None)
-    if model_type is None:
-        raise UserError(f"model spec {spec.name!r} has no model_type in its architecture")
-    return AutoConfig.for_model(model_type, **architecture)
+    architecture = spec.architecture if architecture is None else architecture
+    return family_adapter(spec.family).hf_config(architecture, spec.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,36 +127,6 @@ def pad_token_id(tokenizer: Any) -> int:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
-
-
-def _torch_dtype(dtype: Any) -> Any:
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-
-
-def _load_hf_backbone(family: str, source: str, dtype: Any = None) -> Any:
-    """`MambaModel`/`Mamba2Model` for the Mamba families (also from `*ForCausalLM` folders), `AutoModel` (SDPA)
-    otherwise."""
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = _torch_dtype(dtype)
-    if family == "mamba1":
-        from transformers import MambaModel
-
-        return MambaModel.from_pretrained(source, **kwargs)
-    if family == "mamba2":
-        from transformers import Mamba2Model
-
-        return Mamba2Model.from_pretrained(source, **kwargs)
-    from transformers import AutoModel
-
-    try:
-        return AutoModel.from_pretrained(source, attn_implementation="sdpa", **kwargs)
-    except (ValueError, ImportError):  # no SDPA path for this architecture (DeBERTa-v2)
-        return AutoModel.from_pretrained(source, attn_implementation="eager", **kwargs)
 
 
 def check_safetensors(path: Path) -> None:
@@ -275,7 +209,7 @@ def load_ours(directory: Path, dtype: Any = None, tokenizer: Any = None) -> Load
         if not _has_tokenizer(directory):
             raise UserError(f"reranker folder {directory} is missing its tokenizer files (tokenizer.json)")
         tokenizer = load_tokenizer(directory)
-    backbone = _load_hf_backbone(spec.family, str(directory), dtype)
+    backbone = family_adapter(spec.family).load_backbone(str(directory), dtype)
     return LoadedCheckpoint(spec, backbone, tokenizer, head_state, head_trained and head_state is not None,
                             "pyserini_ssm", str(directory))
 
@@ -299,11 +233,13 @@ def load_state_spaces(directory: Path, config: dict[str, Any], dtype: Any = None
 
     import torch
 
-    backbone = load_state_spaces_checkpoint(str(directory), dtype=_torch_dtype(dtype) or torch.float32)
-    family = "mamba2" if (config.get("ssm_cfg") or {}).get("layer") == "Mamba2" else "mamba1"
-    spec = _registry_match(family, config) or ModelSpec(
-        name=directory.name, family=family, checkpoint=str(directory), tokenizer="EleutherAI/gpt-neox-20b",
-        template="ssm", pooling="last", max_length=512, architecture=dict(config))
+    backbone = load_state_spaces_checkpoint(str(directory), dtype=torch_dtype(dtype) or torch.float32)
+    adapter = family_adapter(family_of_state_spaces(config))
+    spec = _registry_match(adapter.name, config) or ModelSpec(
+        name=directory.name, family=adapter.name, checkpoint=str(directory),
+        tokenizer=adapter.fallback_tokenizer(backbone.config), template=adapter.default_template(backbone.config),
+        pooling=adapter.default_pooling, max_length=adapter.default_max_length(backbone.config),
+        architecture=dict(config))
     tokenizer = _tokenizer_for_folder(directory, spec.tokenizer, tokenizer)
     return LoadedCheckpoint(spec, backbone, tokenizer, None, False, "state-spaces", str(directory))
 
@@ -343,22 +279,13 @@ def load_rankmamba(directory: Path, state: dict[str, Any], dtype: Any = None, to
         raise UserError(f"{directory}: RankMamba head with {', '.join(extra)} layers (DistilBERT head) is not supported")
     backbone_state = {key[len("base_model."):]: value for key, value in state.items() if key.startswith("base_model.")}
     config = _rankmamba_config(directory, backbone_state)
-    family = family_of_config(config)
+    adapter = family_adapter(family_of_config(config))
     embedding_key = next((key for key in ("embeddings.weight", "embeddings.word_embeddings.weight", "embed_in.weight",
                                           "embed_tokens.weight", "decoder.embed_tokens.weight", "wte.weight")
                           if key in backbone_state), None)
     if embedding_key is not None:
         config.vocab_size = int(backbone_state[embedding_key].shape[0])  # encoders grew by [passage], [query]
-    if family in MAMBA_FAMILIES:
-        from transformers import Mamba2Model, MambaModel
-
-        backbone = (MambaModel if family == "mamba1" else Mamba2Model)(config)
-        target = backbone
-    else:
-        from pyserini_ssm.models.scoring import build_transformer_backbone
-
-        backbone = build_transformer_backbone(config)
-        target = backbone
+    backbone = target = adapter.backbone_from_config(config)
     expected = set(target.state_dict())
     unexpected = sorted(set(backbone_state) - expected)
     missing = sorted(expected - set(backbone_state))
@@ -371,18 +298,15 @@ def load_rankmamba(directory: Path, state: dict[str, Any], dtype: Any = None, to
                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     target.load_state_dict(backbone_state, strict=False)
     if dtype is not None:
-        backbone = backbone.to(_torch_dtype(dtype))
+        backbone = backbone.to(torch_dtype(dtype))
     weight = state["regressor.classifier.weight"].float().reshape(1, -1)
     bias = state["regressor.classifier.bias"].float().reshape(1) if "regressor.classifier.bias" in state else \
         torch.zeros(1)
     head_state = {"weight": weight.contiguous(), "bias": bias.contiguous()}
-    template = "rankmamba-encoder" if family == "encoder" else "rankmamba-decoder"
     checkpoint_id = str(directory)
     base = spec_for_config(config, directory.name, checkpoint_id, checkpoint_id)
-    # RankMamba evaluated decoders and Mamba at 768 tokens, encoders at 512.
-    spec = replace(base, template=template, max_length=512 if family == "encoder" else 768)
-    tokenizer = _tokenizer_for_folder(directory, "EleutherAI/gpt-neox-20b" if family in MAMBA_FAMILIES else
-                                      getattr(config, "_name_or_path", "") or "", tokenizer)
+    spec = replace(base, template=adapter.rankmamba_template, max_length=adapter.rankmamba_max_length)
+    tokenizer = _tokenizer_for_folder(directory, adapter.fallback_tokenizer(config), tokenizer)
     return LoadedCheckpoint(spec, backbone, tokenizer, head_state, True, "rankmamba", str(directory))
 
 
@@ -418,7 +342,7 @@ def load_hf_folder(directory: Path, config_data: dict[str, Any], dtype: Any = No
     config = AutoConfig.from_pretrained(str(directory))
     spec = spec_for_config(config, directory.name, str(directory), str(directory))
     tokenizer = _tokenizer_for_folder(directory, getattr(config, "_name_or_path", "") or str(directory), tokenizer)
-    backbone = _load_hf_backbone(spec.family, str(directory), dtype)
+    backbone = family_adapter(spec.family).load_backbone(str(directory), dtype)
     return LoadedCheckpoint(spec, backbone, tokenizer, None, False, "huggingface", str(directory))
 
 
@@ -456,15 +380,7 @@ def load_registry_checkpoint(spec: ModelSpec, dtype: Any = None, tokenizer: Any 
     # Offline (HF_HUB_OFFLINE, or the hub unreachable) and not cached: one line at once, no minute of retries.
     require_registry_model(spec.checkpoint, spec.tokenizer if tokenizer is None else "", spec.name)
     try:
-        if spec.family in MAMBA_FAMILIES:
-            from huggingface_hub import snapshot_download
-
-            directory = Path(snapshot_download(spec.checkpoint, allow_patterns=["config.json", "pytorch_model.bin",
-                                                                               "*.safetensors", "*.json"]))
-            loaded = load_folder(directory, dtype, tokenizer)
-            backbone, tokenizer = loaded.backbone, loaded.tokenizer
-        else:
-            backbone = _load_hf_backbone(spec.family, spec.checkpoint, dtype)
+        backbone, tokenizer = family_adapter(spec.family).load_registry_backbone(spec, dtype, tokenizer)
         if tokenizer is None:
             tokenizer = load_tokenizer(spec.tokenizer)
     except UserError:

@@ -77,6 +77,7 @@ def check_gguf_file(path: Path) -> None:
 def load_gguf(path: Path, dtype: Any = None, tokenizer: Any = None) -> Any:
     """A `LoadedCheckpoint` of a GGUF decoder: backbone (`AutoModel`, SDPA), its tokenizer, no trained head."""
     from pyserini_ssm.models.checkpoints import LoadedCheckpoint, load_tokenizer, spec_for_config
+    from pyserini_ssm.models.families import family_adapter
 
     check_gguf_file(path)
     from transformers import AutoConfig
@@ -87,7 +88,7 @@ def load_gguf(path: Path, dtype: Any = None, tokenizer: Any = None) -> Any:
     except (ValueError, KeyError, OSError) as error:  # an architecture transformers cannot convert from GGUF
         raise UserError(f"cannot load {path} through transformers' GGUF support: {first_line(error)}") from None
     spec = spec_for_config(config, path.stem, str(path), str(path))
-    if spec.family != "decoder":
+    if not family_adapter(spec.family).reads_gguf:
         raise UserError(f"{path} holds a {config.model_type} model; GGUF checkpoints are read as decoder (causal "
                         f"LM) backbones only")
     if tokenizer is None:
@@ -105,11 +106,11 @@ def dense_backbone(folder: str, name: str, dtype: Any = None) -> Any:
     """
     from transformers import AutoModel
 
-    from pyserini_ssm.models.checkpoints import _torch_dtype
+    from pyserini_ssm.models.dtypes import torch_dtype
 
     kwargs: dict[str, Any] = {"gguf_file": name, "attn_implementation": "sdpa"}
     if dtype is not None:
-        kwargs["dtype"] = _torch_dtype(dtype)
+        kwargs["dtype"] = torch_dtype(dtype)
     try:
         from transformers import GgufConfig  # transformers >= 5.2x: packed GGUF blocks unless told to dequantise
 

@@ -1,7 +1,8 @@
 """The Mamba-2 mixer of a packed row through this project's short-sequence SSD (`ops.ssd_short`), on mamba_ssm's
 `Mamba2` module's own parameters (same weights, same state dict keys).
 
-    in_proj (module) -> causal_conv1d (seq_idx, SiLU) -> SSD: ours for sequences of at most `plan.block_t` tokens,
+    in_proj (module) -> causal_conv1d (seq_idx, SiLU; in inference `ops.conv_packed` when PYSERINI_SSM_CONV=triton)
+    -> SSD: ours for sequences of at most `plan.block_t` tokens,
     mamba_ssm's `mamba_chunk_scan_combined` (seq_idx) for the longer ones -> gated RMSNorm (module: mamba_ssm's
     `RMSNormGated`, norm(y * silu(z)) per group) -> out_proj (module)
 
@@ -13,12 +14,20 @@ chooses (`MambaKernelBackbone.ssd_backend`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from torch import nn
 
 from pyserini_ssm.ops.ssd_short import ShortSSDPlan, ssd_short
+
+# The depthwise conv + SiLU of inference: causal_conv1d's CUDA kernel (default) or ops.conv_packed's Triton kernel
+# (coalesced over channels, forward only; opt-in until measured by bin/profile-short-ssd). Training (any input or
+# weight needing a gradient) always runs causal_conv1d, which has the backward.
+CONV_BACKEND = os.environ.get("PYSERINI_SSM_CONV", "causal_conv1d")
+if CONV_BACKEND not in ("causal_conv1d", "triton"):
+    raise ValueError(f"PYSERINI_SSM_CONV must be causal_conv1d or triton, got {CONV_BACKEND!r}")
 
 
 def short_ssd_unsupported(mixer: nn.Module) -> str | None:
@@ -47,21 +56,13 @@ def mamba2_mixer_forward(
     output_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mixer output (1, T, D) of a packed row `hidden` (1, T, D), or (1, K, D) at `output_positions` (K,)."""
-    from causal_conv1d import causal_conv1d_fn
-
     heads, head_dim, groups, state = mixer.nheads, mixer.headdim, mixer.ngroups, mixer.d_state
     d_ssm = mixer.d_ssm
     tokens = hidden.shape[1]
     zxbcdt = mixer.in_proj(hidden)  # (1, T, 2 d_ssm + 2 G N + H)
     z, xbc, dt_raw = torch.split(zxbcdt, [d_ssm, d_ssm + 2 * groups * state, heads], dim=-1)
-    xbc = causal_conv1d_fn(
-        xbc.transpose(1, 2),  # (1, C, T) channel-last, as causal_conv1d needs with seq_idx
-        mixer.conv1d.weight.squeeze(1),
-        bias=mixer.conv1d.bias,
-        seq_idx=seq_idx,
-        activation="silu",
-    ).transpose(1, 2)  # (1, T, C)
-    x, B, C = torch.split(xbc[0], [d_ssm, groups * state, groups * state], dim=-1)
+    xbc = _conv_silu(mixer, xbc[0], plan, seq_idx)  # (T, C)
+    x, B, C = torch.split(xbc, [d_ssm, groups * state, groups * state], dim=-1)
     x = x.view(tokens, heads, head_dim)  # (T, H, P)
     B = B.view(tokens, groups, state)  # (T, G, N)
     C = C.view(tokens, groups, state)
@@ -74,6 +75,26 @@ def mamba2_mixer_forward(
     if output_positions is not None:
         y, z = y[:, output_positions], z[:, output_positions]  # (1, K, d_ssm)
     return mixer.out_proj(mixer.norm(y, z))  # (1, T or K, D)
+
+
+def _conv_silu(mixer: nn.Module, xbc: torch.Tensor, plan: ShortSSDPlan, seq_idx: torch.Tensor | None) -> torch.Tensor:
+    """silu(depthwise causal conv1d) (T, C) of the row's x/B/C channels `xbc` (T, C), restarted at each sequence."""
+    weight, bias = mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias  # (C, W), (C,)
+    needs_grad = torch.is_grad_enabled() and (xbc.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    if CONV_BACKEND == "triton" and not needs_grad and weight.shape[-1] <= 4:
+        from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
+
+        return packed_causal_conv1d(xbc, weight, bias, plan.seq_start)
+    from causal_conv1d import causal_conv1d_fn
+
+    return causal_conv1d_fn(
+        xbc.t()[None],  # (1, C, T) channel-last, as causal_conv1d needs with seq_idx
+        weight,
+        bias=bias,
+        seq_idx=seq_idx,
+        activation="silu",
+    )[0].t()  # (T, C)
 
 
 def _long_ssd(mixer: nn.Module, x, dt_raw, A, B, C, plan: ShortSSDPlan, dt_limit) -> torch.Tensor:

@@ -49,29 +49,11 @@ def _align_special_tokens(architecture: dict[str, Any], tokenizer: Any) -> None:
 
 
 def build_random_backbone(spec: Any, architecture: dict[str, Any], dtype: Any = None, device: Any = None) -> Any:
-    """A randomly initialised Hugging Face backbone (`MambaModel`, `Mamba2Model` or `AutoModel`)."""
-    import torch
+    """A randomly initialised Hugging Face backbone (`MambaModel`, `Mamba2Model` or `AutoModel`): the family
+    adapter's `build_random_backbone`."""
+    from pyserini_ssm.models.families import family_adapter
 
-    from pyserini_ssm.models.scoring import MAMBA_FAMILIES, build_transformer_backbone
-
-    if spec.family in MAMBA_FAMILIES:
-        from transformers import Mamba2Model, MambaModel
-
-        from pyserini_ssm.models.mamba import hf_config_from_state_spaces
-
-        config = hf_config_from_state_spaces(architecture)
-        model_class = MambaModel if spec.family == "mamba1" else Mamba2Model
-        with torch.device(device or "cpu"):
-            model = model_class(config)
-        return model.to(dtype) if dtype is not None else model
-    from transformers import AutoConfig
-
-    kwargs = dict(architecture)
-    model_type = kwargs.pop("model_type")
-    config = AutoConfig.for_model(model_type, **kwargs)
-    with torch.device(device or "cpu"):
-        model = build_transformer_backbone(config, dtype=dtype)
-    return model
+    return family_adapter(spec.family).build_random_backbone(architecture, dtype=dtype, device=device)
 
 
 def build_random_reranker(model: Any, scale: str = "tiny", tokenizer: Any = None, *, seed: int = 0,

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pyserini_ssm.errors import UserError
+from pyserini_ssm.models.families import ADAPTERS, DEFAULT_MAX_LENGTH, FAMILIES, GPT_NEOX_TOKENIZER, family_adapter
 
-Family = Literal["mamba1", "mamba2", "decoder", "encoder"]
+Family = str  # a name of `families.ADAPTERS` (FAMILIES): mamba1, mamba2, decoder, encoder
 Pooling = Literal["last", "cls"]
 
-FAMILIES: tuple[str, ...] = ("mamba1", "mamba2", "decoder", "encoder")
 POOLINGS: tuple[str, ...] = ("last", "cls")
 
 
@@ -73,9 +73,9 @@ class ModelSpec:
         )
 
 
-# Passage reranking in both papers: 512 tokens covers MS MARCO passages with room to spare.
-DEFAULT_MAX_LENGTH = 512
-GPT_NEOX_TOKENIZER = "EleutherAI/gpt-neox-20b"
+# DEFAULT_MAX_LENGTH (512: passage reranking in both papers; it covers MS MARCO passages with room to spare) and
+# GPT_NEOX_TOKENIZER (the Mamba checkpoints' tokenizer) live in `models.families`, which also gives folders without
+# an entry their defaults; imported above, so `registry.GPT_NEOX_TOKENIZER` stays the one name to use.
 
 
 def _mamba1(d_model: int, n_layer: int) -> dict[str, Any]:
@@ -292,32 +292,14 @@ def _entries() -> list[ModelSpec]:
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _entries()}
 
-# `init --scale tiny`: two layers, small width; everything else (vocabulary, norms, template) stays the family's.
-TINY: dict[str, dict[str, Any]] = {
-    "mamba1": {"d_model": 64, "n_layer": 2},
-    "mamba2": {"d_model": 64, "n_layer": 2, "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16,
-                                                          "chunk_size": 16}},
-    "decoder": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                "ffn_dim": 128, "num_key_value_heads": 2, "head_dim": 16, "word_embed_proj_dim": 64,
-                "max_window_layers": 2},
-    "encoder": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                "embedding_size": 64, "pooler_hidden_size": 64, "position_buckets": 32},
-}
+# `init --scale tiny`: each family's overrides (two layers, small width) are its adapter's (`families.py`).
+TINY: dict[str, dict[str, Any]] = {name: dict(adapter.tiny) for name, adapter in ADAPTERS.items()}
 
 
 def tiny_architecture(spec: ModelSpec) -> dict[str, Any]:
-    """The spec's architecture shrunk for tests: only keys the architecture already has are overridden."""
-    overrides = TINY[spec.family]
-    architecture = dict(spec.architecture)
-    for key, value in overrides.items():
-        if key in architecture or spec.family in ("mamba1", "mamba2"):
-            architecture[key] = value
-    if spec.family == "mamba1":
-        architecture["ssm_cfg"] = {}
-    if spec.architecture.get("word_embed_proj_dim", 0) != spec.architecture.get("hidden_size", 0):
-        # OPT-350m projects 1024 -> 512 around its layers; keep a projection in the tiny shape too.
-        architecture["word_embed_proj_dim"] = architecture["hidden_size"] // 2
-    return architecture
+    """The spec's architecture shrunk for tests (vocabulary, norms and template stay the family's): its family
+    adapter's `tiny_architecture`."""
+    return family_adapter(spec.family).tiny_architecture(spec.architecture)
 
 
 def get_spec(name: str) -> ModelSpec:

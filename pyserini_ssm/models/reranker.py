@@ -28,18 +28,17 @@ from pyserini_ssm.errors import UserError
 from pyserini_ssm.models.checkpoints import (
     LoadedCheckpoint, load_checkpoint, pad_token_id, write_reranker_dir,
 )
+# The dtype names and their resolution live in models.dtypes; re-exported here, where callers have found them.
+from pyserini_ssm.models.dtypes import DTYPE_NAMES, DTYPES, resolve_dtype, resolve_precision  # noqa: F401
+from pyserini_ssm.models.families import family_adapter
 from pyserini_ssm.models.registry import ModelSpec
-from pyserini_ssm.models.scoring import (
-    MAMBA_FAMILIES, ScoringModel, output_hidden_size, packing_support, widest_activation,
-)
+from pyserini_ssm.models.scoring import ScoringModel, packing_support, widest_activation
 from pyserini_ssm.models.templates import PairEncoder, get_template
 from pyserini_ssm.ops.batching import length_sorted_batches, pack_batch, pack_sequences, pad_batch, scatter_scores
 from pyserini_ssm.runs import Hit, ranking_key
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {value: key for key, value in DTYPES.items()}
 UNTRAINED_WARNING = ("{name}: the checkpoint has no trained score head; its scores are untrained (random head). "
                      "Fine-tune it with `python -m pyserini_ssm.train` or load a fine-tuned reranker")
 # Pairs tokenized per chunk: large enough for length sorting to pay off, small enough to overlap with scoring.
@@ -75,31 +74,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPE_NAMES:
-            raise UserError(f"unsupported dtype {dtype} (use bf16, fp16 or fp32)")
-        return dtype
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r} (use bf16, fp16 or fp32)")
-    return DTYPES[dtype]
-
-
-def resolve_precision(dtype: str | torch.dtype | None, device: torch.device) -> tuple[torch.dtype, bool]:
-    """(weights' dtype, FP8 Linear layers or not): `resolve_dtype`, plus "fp8" = bf16 weights with FP8 Linear
-    layers (`models.fp8`), which needs a CUDA GPU of compute capability >= 8.9 (UserError elsewhere)."""
-    from pyserini_ssm.models.fp8 import FP8, check_fp8_device
-
-    if dtype == FP8:
-        check_fp8_device(device)
-        return torch.bfloat16, True
-    if isinstance(dtype, str) and dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r} (use bf16, fp16, fp32 or fp8)")
-    return resolve_dtype(dtype, device), False
 
 
 def hit_fields(hit: Any) -> tuple[str, float, str | None]:
@@ -206,7 +180,8 @@ class Reranker:
             check_fp8_device(device)
             if dtype != torch.bfloat16:
                 raise UserError(f"fp8 keeps bf16 weights around its FP8 Linear layers, not {dtype}")
-        if spec.family not in MAMBA_FAMILIES and backend == "cuda":
+        adapter = family_adapter(spec.family)
+        if backend == "cuda" and not adapter.kernel_backend:
             raise UserError(f"backend 'cuda' selects the mamba-ssm kernels, but {spec.name} is a {spec.family} "
                             f"transformer (use backend auto or torch)")
         template = get_template(spec.template)
@@ -218,7 +193,7 @@ class Reranker:
         config = backbone_hf.config
         embeddings = backbone_hf.get_input_embeddings()
         if len(tokenizer) > embeddings.num_embeddings:
-            if spec.family in MAMBA_FAMILIES:
+            if not adapter.grows_embeddings:
                 raise UserError(f"{loaded.path}: the tokenizer has {len(tokenizer)} tokens, the model's embeddings "
                                 f"{embeddings.num_embeddings}")
             backbone_hf.resize_token_embeddings(len(tokenizer))
@@ -226,21 +201,11 @@ class Reranker:
                            "untrained)", spec.name, len(tokenizer), added)
         if max_length is not None:
             spec = replace(spec, max_length=int(max_length))
-        positions = getattr(config, "max_position_embeddings", None)
-        if spec.family in ("encoder", "decoder") and positions is not None:
-            offset = (getattr(config, "pad_token_id", 0) or 0) + 1 if config.model_type in ("roberta",
-                                                                                            "xlm-roberta") else 0
-            if spec.max_length > positions - offset:
-                raise UserError(f"max length {spec.max_length} exceeds what {spec.name} can encode "
-                                f"({positions - offset} positions); lower --max-length")
-        if spec.family in MAMBA_FAMILIES:
-            from pyserini_ssm.models.mamba import build_mamba_backbone
-
-            backbone = build_mamba_backbone(backbone_hf, backend=backend, device=device)
-            hidden_size = int(config.hidden_size)
-        else:
-            backbone = backbone_hf
-            hidden_size = output_hidden_size(config)
+        positions = adapter.usable_positions(config)
+        if positions is not None and spec.max_length > positions:
+            raise UserError(f"max length {spec.max_length} exceeds what {spec.name} can encode "
+                            f"({positions} positions); lower --max-length")
+        backbone, hidden_size = adapter.scoring_backbone(backbone_hf, backend, device)
         model = ScoringModel(backbone, spec.family, spec.pooling, hidden_size, backbone_config=config)
         if loaded.head_state is not None:
             head = loaded.head_state
@@ -259,11 +224,8 @@ class Reranker:
 
             conversion = convert_to_fp8(model)
             logger.info("%s: %s", spec.name, conversion.summary())
-        use_token_types = None
-        if spec.family == "encoder":
-            use_token_types = int(getattr(config, "type_vocab_size", 0) or 0) > 1
         reranker = cls(spec, model, tokenizer, device=device, dtype=dtype,
-                       head_trained=loaded.head_trained, use_token_types=use_token_types)
+                       head_trained=loaded.head_trained, use_token_types=adapter.use_token_types(config))
         reranker.fp8 = conversion
         if not reranker.head_trained:
             reranker._warn_untrained()
@@ -438,21 +400,7 @@ def init_untrained_head(head: torch.nn.Linear, seed: int = 0) -> None:
 
 def hf_backbone_for_saving(model: ScoringModel) -> Any:
     """The backbone as a Hugging Face `PreTrainedModel` (Mamba kernel weights go back into a `MambaModel`)."""
-    backbone = model.backbone
-    if model.family not in MAMBA_FAMILIES:
-        return backbone
-    inner = getattr(backbone, "model", backbone)
-    if hasattr(inner, "save_pretrained"):
-        return inner
-    from transformers import Mamba2Model, MambaModel
-
-    config = backbone.config
-    model_class = MambaModel if config.model_type == "mamba" else Mamba2Model
-    with torch.device("meta"):
-        hf_model = model_class(config)
-    hf_model.load_state_dict({key: value.detach() for key, value in inner.state_dict().items()}, strict=True,
-                             assign=True)
-    return hf_model
+    return family_adapter(model.family).hf_backbone_for_saving(model.backbone)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

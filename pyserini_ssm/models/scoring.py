@@ -8,6 +8,8 @@ reads position 0 (of each sequence, in a packed row).
 A batch is padded (`ops.batching.pad_batch`) or one packed row (`ops.batching.pack_batch`, it has `seq_idx`):
 Mamba-2 packs through `seq_idx`, transformers through varlen attention (`models.attention`), one code path for
 `predict`, `train` and the bench. `packing_support` says whether and why not a model packs on a device.
+What differs between families (the backbone's forward, packing, pooling rules) is asked of the family's adapter
+(`models.families`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,10 @@ from torch import nn
 
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.models import attention
-
-MAMBA_FAMILIES = ("mamba1", "mamba2")
-
-# Encoder model types: explicit, from the checkpoint's own config (never from a name).
-ENCODER_MODEL_TYPES = frozenset({
-    "bert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2", "distilbert", "mpnet", "albert",
-    "camembert", "modernbert", "nomic_bert", "xlm", "ernie",
-})
+# Re-exported: the family names and encoder model types have one home, the family adapters.
+from pyserini_ssm.models.families import (  # noqa: F401
+    ENCODER_MODEL_TYPES, MAMBA_FAMILIES, FamilyAdapter, adapter_for_config, family_adapter,
+)
 
 
 def output_hidden_size(config: Any) -> int:
@@ -49,19 +47,8 @@ def widest_activation(config: Any) -> int:
     - transformers: the MLP's inner width (intermediate_size, ffn_dim, n_inner, d_ff; else 4*hidden) or the fused
       QKV projection, 3*hidden, whichever is wider.
     """
-    model_type = getattr(config, "model_type", None)
-    hidden = output_hidden_size(config)
-    if model_type == "mamba2":
-        d_inner = int(getattr(config, "expand", 2) * config.hidden_size)
-        heads = getattr(config, "num_heads", None) or d_inner // int(config.head_dim)
-        return 2 * d_inner + 2 * int(config.n_groups) * int(config.state_size) + int(heads)
-    if model_type == "mamba":
-        d_inner = getattr(config, "intermediate_size", None) or int(getattr(config, "expand", 2) * config.hidden_size)
-        return 2 * int(d_inner)
-    hidden = int(getattr(config, "hidden_size", None) or hidden)
-    inner = next((getattr(config, key) for key in ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
-                  if isinstance(getattr(config, key, None), int)), 4 * hidden)
-    return max(int(inner), 3 * hidden)
+    # A model type no family claims (a config made up by hand): the transformers rule still bounds it.
+    return (adapter_for_config(config) or FamilyAdapter()).widest_activation(config)
 
 
 def build_transformer_backbone(config: Any, attn_implementation: str | None = "sdpa",
@@ -89,8 +76,8 @@ class ScoringModel(nn.Module):
         super().__init__()
         if pooling not in ("last", "cls"):
             raise UserError(f"unknown pooling {pooling!r}; expected last or cls")
-        if family in MAMBA_FAMILIES and pooling != "last":
-            raise UserError("Mamba models are causal: they need last-token pooling")
+        self.adapter = family_adapter(family)  # everything that differs between families
+        self.adapter.check_pooling(pooling)
         self.backbone = backbone
         self.family = family
         self.pooling = pooling
@@ -98,8 +85,8 @@ class ScoringModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, 1)
         # Transformers that route attention through transformers' AttentionInterface take packed rows (varlen
-        # attention); padded batches still run SDPA.
-        self.varlen = family not in MAMBA_FAMILIES and attention.install_varlen_attention(backbone)
+        # attention); padded batches still run SDPA. Mamba packs through seq_idx instead.
+        self.varlen = self.adapter.installs_varlen(backbone)
 
     @property
     def hidden_size(self) -> int:
@@ -108,26 +95,12 @@ class ScoringModel(nn.Module):
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled hidden states (B, D) of a padded batch, or (N, D) of a packed row of N sequences (it has
         `seq_idx`)."""
-        input_ids = batch["input_ids"]  # (B, L) or packed (1, T)
-        packed = "seq_idx" in batch
-        if self.family in MAMBA_FAMILIES:
-            if packed and self.pooling == "last":
-                # Only the pooled tokens: the kernel backbone skips the rest of the last layer's out_proj and norms.
-                return self.backbone(input_ids, seq_idx=batch["seq_idx"], output_positions=batch["last_index"])[0]
-            # Right padding: a causal scan never lets padding reach the real tokens, so no mask is needed.
-            hidden = self.backbone(input_ids, seq_idx=batch["seq_idx"] if packed else None)  # (B, L, D)
-        elif packed:
-            if not self.varlen:
-                _, why = attention.supports_varlen(self.backbone)
-                raise UserError(f"packed rows need varlen attention: {why}; use padded batches")
-            hidden = attention.packed_hidden_states(self.backbone, batch, decoder=self.family == "decoder")
-        else:
-            kwargs = {"input_ids": input_ids, "attention_mask": batch.get("attention_mask")}
-            if "token_type_ids" in batch:
-                kwargs["token_type_ids"] = batch["token_type_ids"]
-            if self.family == "decoder":
-                kwargs["use_cache"] = False  # scoring needs no key/value cache
-            hidden = self.backbone(**kwargs).last_hidden_state  # (B, L, D)
+        packed = "seq_idx" in batch  # a padded batch (B, L), or one packed row (1, T) of N sequences
+        if packed:
+            pooled = self.adapter.packed_pooled(self, batch)  # a backbone that pools a packed row itself
+            if pooled is not None:
+                return pooled  # (N, D)
+        hidden = self.adapter.hidden_states(self, batch)  # (B, L, D) or (1, T, D)
         if packed:
             index = batch["cu_seqlens"][:-1].long() if self.pooling == "cls" else batch["last_index"]
             return hidden[0, index.to(hidden.device)]  # (N, D)
@@ -147,13 +120,29 @@ def packing_support(model: ScoringModel, device: Any, compute_dtype: torch.dtype
     """How `model` packs rows on `device`: "seq_idx" (Mamba-2 on the mamba-ssm kernels), "varlen" (transformers),
     or None, and a note (why not; or that CPU packing is the per-sequence reference). `compute_dtype`: the dtype
     attention runs in (the autocast dtype when training under autocast); CUDA varlen kernels need bf16/fp16."""
-    device = torch.device(device)
-    if model.family == "mamba1":
-        return None, "Mamba-1 has no variable-length kernel: sorted padded batches are its best path"
-    if model.family == "mamba2":
-        if getattr(model.backbone, "backend", "") == "cuda":
-            return "seq_idx", ""
-        return None, "Mamba-2 packing needs the mamba-ssm kernels on CUDA (the torch backend only has a reference)"
+    return family_adapter(model.family).packing_support(model, torch.device(device), compute_dtype)
+
+
+def transformer_hidden_states(model: ScoringModel, batch: dict[str, torch.Tensor], *, causal: bool) -> torch.Tensor:
+    """A transformers backbone's last hidden states: (B, L, D) of a padded batch through SDPA, or (1, T, D) of a
+    packed row through varlen attention. `causal` (decoders): no key/value cache is built."""
+    if "seq_idx" in batch:
+        if not model.varlen:
+            _, why = attention.supports_varlen(model.backbone)
+            raise UserError(f"packed rows need varlen attention: {why}; use padded batches")
+        return attention.packed_hidden_states(model.backbone, batch, decoder=causal)
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if "token_type_ids" in batch:
+        kwargs["token_type_ids"] = batch["token_type_ids"]
+    if causal:
+        kwargs["use_cache"] = False  # scoring needs no key/value cache
+    return model.backbone(**kwargs).last_hidden_state  # (B, L, D)
+
+
+def varlen_packing_support(model: ScoringModel, device: torch.device, compute_dtype: torch.dtype | None = None
+                           ) -> tuple[str | None, str]:
+    """`packing_support` for a transformers backbone: varlen attention where it installed, on CUDA with a fast
+    kernel in bf16/fp16; on the CPU the per-sequence reference."""
     if not model.varlen:
         return None, attention.supports_varlen(model.backbone)[1]
     if device.type != "cuda":

@@ -12,6 +12,12 @@ go to mamba_ssm's chunked kernel (`models.mamba2_mixer`). One Triton program per
 computes C_i B_j^T for the column blocks its rows can see (same sequence, s <= t; blocks of other sequences are
 skipped), the decay from the tile's cumulative sum, and accumulates (L o CB) (dt X) with `tl.dot`.
 
+Forward variants (env switches, opt-in until timed by bin/profile-short-ssd; the backward is the same for all):
+"factored" pays the (BM, BM) masked exp only on the diagonal block: before it the decay is exactly rank one,
+exp(cs_t - cs_s) = exp(cs_t - e) exp(e - cs_s) with e = cs of the row before the row block (both factors <= 1);
+"wide" runs FWD_HEADS heads of a group per program and puts their off-diagonal tiles side by side as the columns of
+one dot with the CB tile; DT_LAYOUT "ht" stores dt and cs (H, T) so a head's loads of consecutive tokens coalesce.
+
 Backward: two kernels. One per (tile, column block, head) accumulates dXdt_j = sum_i M_ij^T dY_i (so dX = dt dXdt +
 D dY, ddt += x . dXdt, dD) and the column sums of dM o M; one per (tile, row block, heads of one group) forms
 dM = dY Xdt^T per head, the row sums of dM o M and S = sum_h dM_h o L_h, and from S (shared by the group's heads)
@@ -37,6 +43,21 @@ ROWS_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_WARPS", "8"))  # the dB/d
 # runtime skips. Opt-in until measured (bin/profile-short-ssd times both).
 LOADED_BOUNDS = os.environ.get("PYSERINI_SSM_SSD_LOADED_BOUNDS", "0") == "1"
 FWD_HEADS_PER_PROGRAM = int(os.environ.get("PYSERINI_SSM_SSD_FWD_HEADS", "1"))  # heads one forward program runs
+# Heads one dB/dC program sums its S over (a divisor of heads per group, at most this): fewer heads per program give
+# more programs (at 13k tokens and 16 heads, 624 programs: under 5 per SM) for more dB/dC atomics.
+ROWS_HEADS_LIMIT = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_HEADS", "16"))
+# Where dt and cs (fp32, per token and head) live: "th" (T, H) rows, or "ht" (H, T) so that the forward's per-head
+# loads of BM consecutive tokens are contiguous instead of stride-H gathers. Opt-in until measured.
+DT_LAYOUT = os.environ.get("PYSERINI_SSM_SSD_DT_LAYOUT", "th")
+# The forward kernel: "default" (the full masked exp on every column block), "factored" (off-diagonal column blocks
+# through the exact factorisation exp(cs_t - cs_s) = exp(cs_t - e) exp(e - cs_s), e = cs of the row before the row
+# block: one exp per row and per column instead of one per pair, both factors <= 1), "wide" (factored, with the
+# off-diagonal blocks of FWD_HEADS heads in one dot over heads x headdim columns: the CB tile is loaded once).
+FWD_VARIANT = os.environ.get("PYSERINI_SSM_SSD_FWD", "default")
+FWD_VARIANTS = ("default", "factored", "wide")
+if FWD_VARIANT not in FWD_VARIANTS or DT_LAYOUT not in ("th", "ht"):
+    raise ValueError(f"PYSERINI_SSM_SSD_FWD must be one of {FWD_VARIANTS} and PYSERINI_SSM_SSD_DT_LAYOUT th or ht, "
+                     f"got {FWD_VARIANT!r} and {DT_LAYOUT!r}")
 SOFTPLUS_THRESHOLD = 20.0  # as torch's softplus and mamba_ssm's _chunk_cumsum kernels
 
 
@@ -141,7 +162,7 @@ def _kernels():
 
     @triton.jit
     def dt_cumsum_kernel(dt_raw_ptr, bias_ptr, A_ptr, dt_ptr, cs_ptr, tile_start_ptr, tile_end_ptr,
-                         s_dtr_t, heads, dt_min, dt_max,
+                         s_dtr_t, s_dt_t, s_dt_h, heads, dt_min, dt_max,
                          BT: tl.constexpr, HB: tl.constexpr, HAS_BIAS: tl.constexpr):
         # One program per tile, all heads at once (rows of dt_raw are contiguous over heads: coalesced loads):
         # dt = clamp(softplus(dt_raw + bias)), cs = cumsum(dt * A) over the tile.
@@ -160,8 +181,9 @@ def _kernels():
         dt = tl.where(ok, dt, 0.0)
         a = dt * tl.load(A_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)[None, :]
         cs = tl.cumsum(a, axis=0)
-        tl.store(dt_ptr + rows[:, None] * heads + offs_h[None, :], dt, mask=ok)
-        tl.store(cs_ptr + rows[:, None] * heads + offs_h[None, :], cs, mask=ok)
+        out = rows[:, None] * s_dt_t + offs_h[None, :] * s_dt_h  # (T, H) or (H, T) storage (DT_LAYOUT)
+        tl.store(dt_ptr + out, dt, mask=ok)
+        tl.store(cs_ptr + out, cs, mask=ok)
 
     @triton.jit
     def cb_kernel(B_ptr, C_ptr, cb_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
@@ -201,7 +223,7 @@ def _kernels():
 
     @triton.jit
     def fwd_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
-                   s_x_t, s_x_h, s_y_t, s_y_h, heads, heads_per_group, groups,
+                   s_x_t, s_x_h, s_y_t, s_y_h, s_dt_t, s_dt_h, heads, heads_per_group, groups,
                    P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, HAS_D: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr, HC: tl.constexpr):
         # Heads vary fastest in the grid: the programs running together read the same tile's CB (L2 hits).
@@ -222,7 +244,7 @@ def _kernels():
         for hh in range(HC):  # heads of this program: the tile prologue is paid once
             h = h0 + hh
             g = h // heads_per_group
-            cs_i = tl.load(cs_ptr + rows * heads + h, mask=row_ok, other=0.0)
+            cs_i = tl.load(cs_ptr + rows * s_dt_t + h * s_dt_h, mask=row_ok, other=0.0)
             cb_base = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
             acc = tl.zeros((BM, P), dtype=tl.float32)
             # The same body twice: with loaded loop bounds (compiled; loads can be pipelined) or a static loop with
@@ -232,8 +254,8 @@ def _kernels():
                 cols = ts + jb * BM + offs_m
                 col_ok = cols < te
                 cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
-                cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
-                dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
+                cs_j = tl.load(cs_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
+                dt_j = tl.load(dt_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
                 m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
                 x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
                               other=0.0)
@@ -245,8 +267,8 @@ def _kernels():
                 cols = ts + jb * BM + offs_m
                 col_ok = cols < te
                 cb = tl.load(cb_base + jb * BM + offs_m[None, :]).to(tl.float32)  # masked C_i B_j^T
-                cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
-                dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
+                cs_j = tl.load(cs_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
+                dt_j = tl.load(dt_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
                 m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0))
                 x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None],
                               other=0.0)
@@ -260,9 +282,143 @@ def _kernels():
                      mask=row_ok[:, None])
 
     @triton.jit
+    def fwd_factored_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr,
+                            tile_end_ptr, s_x_t, s_x_h, s_y_t, s_y_h, s_dt_t, s_dt_h, heads, heads_per_group, groups,
+                            P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
+                            HAS_D: tl.constexpr, DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr,
+                            HC: tl.constexpr):
+        # As fwd_kernel, but only the diagonal block pays the full (BM, BM) masked exp. Off the diagonal (j < i,
+        # whole blocks before the rows) exp(cs_t - cs_s) = u_t v_s with e = cs[r0 - 1]: u = exp(cs_t - e) and
+        # v = exp(e - cs_s), both <= 1 (cs never increases: A < 0, dt >= 0), so nothing overflows and the products
+        # that underflow are those whose true value does. Y_i = L_ii o CB_ii (dt X_i) + u o sum_j CB_ij (v dt X_j).
+        h0 = tl.program_id(0) * HC
+        block = tl.program_id(1)
+        tile = tl.program_id(2)
+        ts = tl.load(tile_start_ptr + tile)
+        te = tl.load(tile_end_ptr + tile)
+        r0 = ts + block * BM
+        if r0 >= te:
+            return
+        dtype = x_ptr.dtype.element_ty
+        offs_m = tl.arange(0, BM)
+        offs_p = tl.arange(0, P)
+        rows = r0 + offs_m
+        row_ok = rows < te
+        j_lo = (tl.load(seq_start_ptr + r0) - ts) // BM  # the first column block the rows' sequences reach
+        for hh in range(HC):
+            h = h0 + hh
+            g = h // heads_per_group
+            cb_row = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
+            cs_i = tl.load(cs_ptr + rows * s_dt_t + h * s_dt_h, mask=row_ok, other=0.0)
+            dt_i = tl.load(dt_ptr + rows * s_dt_t + h * s_dt_h, mask=row_ok, other=0.0)
+            x_i = tl.load(x_ptr + rows[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=row_ok[:, None],
+                          other=0.0)
+            cb = tl.load(cb_row + block * BM + offs_m[None, :]).to(tl.float32)
+            m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_i[None, :], 0.0)) * dt_i[None, :]  # dt folded in
+            acc = tl.dot(m.to(dtype), x_i, input_precision=DOT_PRECISION)
+            if j_lo < block:
+                e = tl.load(cs_ptr + (r0 - 1) * s_dt_t + h * s_dt_h)
+                off = tl.zeros((BM, P), dtype=tl.float32)
+                if LOADED_BOUNDS:
+                    for jb in range(j_lo, block):
+                        cols = ts + jb * BM + offs_m  # inside the tile, before row r0 - 1 (so v <= 1)
+                        cs_j = tl.load(cs_ptr + cols * s_dt_t + h * s_dt_h)
+                        dt_j = tl.load(dt_ptr + cols * s_dt_t + h * s_dt_h)
+                        v = tl.exp(tl.minimum(e - cs_j, 0.0)) * dt_j
+                        x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :])
+                        xv = (x_j.to(tl.float32) * v[:, None]).to(dtype)
+                        cb_j = tl.load(cb_row + jb * BM + offs_m[None, :])  # masked C_i B_j^T, inputs' dtype
+                        off += tl.dot(cb_j, xv, input_precision=DOT_PRECISION)
+                else:
+                    for jb in range(0, NB):
+                      if (jb >= j_lo) & (jb < block):
+                        cols = ts + jb * BM + offs_m  # inside the tile, before row r0 - 1 (so v <= 1)
+                        cs_j = tl.load(cs_ptr + cols * s_dt_t + h * s_dt_h)
+                        dt_j = tl.load(dt_ptr + cols * s_dt_t + h * s_dt_h)
+                        v = tl.exp(tl.minimum(e - cs_j, 0.0)) * dt_j
+                        x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :])
+                        xv = (x_j.to(tl.float32) * v[:, None]).to(dtype)
+                        cb_j = tl.load(cb_row + jb * BM + offs_m[None, :])  # masked C_i B_j^T, inputs' dtype
+                        off += tl.dot(cb_j, xv, input_precision=DOT_PRECISION)
+                acc += tl.exp(tl.minimum(cs_i - e, 0.0))[:, None] * off
+            if HAS_D:
+                acc += tl.load(D_ptr + h).to(tl.float32) * x_i.to(tl.float32)
+            tl.store(y_ptr + rows[:, None] * s_y_t + h * s_y_h + offs_p[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=row_ok[:, None])
+
+    @triton.jit
+    def fwd_wide_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr, tile_end_ptr,
+                        s_x_t, s_y_t, s_y_h, s_dt_t, s_dt_h, heads, heads_per_group, groups,
+                        P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr, HAS_D: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr, HC: tl.constexpr):
+        # fwd_factored_kernel for HC heads of one group at once. Off the diagonal the decay is rank one per head
+        # (u_t v_s), so the HC heads' v dt X_j tiles sit side by side as (BM, HC P) columns of ONE dot with the
+        # CB tile, loaded once; x's heads are contiguous (stride P), so that tile is one contiguous row slice.
+        # The diagonal block, with its full masked exp per head, is a batched (HC, BM, BM) x (HC, BM, P) dot.
+        h0 = tl.program_id(0) * HC
+        block = tl.program_id(1)
+        tile = tl.program_id(2)
+        ts = tl.load(tile_start_ptr + tile)
+        te = tl.load(tile_end_ptr + tile)
+        r0 = ts + block * BM
+        if r0 >= te:
+            return
+        g = h0 // heads_per_group
+        dtype = x_ptr.dtype.element_ty
+        offs_m = tl.arange(0, BM)
+        offs_p = tl.arange(0, P)
+        offs_w = tl.arange(0, HC * P)
+        heads_c = h0 + tl.arange(0, HC)
+        rows = r0 + offs_m
+        row_ok = rows < te
+        j_lo = (tl.load(seq_start_ptr + r0) - ts) // BM  # the first column block the rows' sequences reach
+        cb_row = cb_ptr + (tile * groups + g) * BT * BT + (block * BM + offs_m)[:, None] * BT
+        cs_i = tl.load(cs_ptr + heads_c[:, None] * s_dt_h + rows[None, :] * s_dt_t, mask=row_ok[None, :],
+                       other=0.0)  # (HC, BM)
+        dt_i = tl.load(dt_ptr + heads_c[:, None] * s_dt_h + rows[None, :] * s_dt_t, mask=row_ok[None, :], other=0.0)
+        x_i = tl.load(x_ptr + rows[None, :, None] * s_x_t + (heads_c[:, None, None] * P + offs_p[None, None, :]),
+                      mask=row_ok[None, :, None], other=0.0)  # (HC, BM, P)
+        cb = tl.load(cb_row + block * BM + offs_m[None, :]).to(tl.float32)
+        m = cb[None, :, :] * tl.exp(tl.minimum(cs_i[:, :, None] - cs_i[:, None, :], 0.0)) * dt_i[:, None, :]
+        acc = tl.dot(m.to(dtype), x_i, input_precision=DOT_PRECISION)  # (HC, BM, P)
+        if j_lo < block:
+            e = tl.load(cs_ptr + (r0 - 1) * s_dt_t + heads_c * s_dt_h)  # (HC,)
+            off = tl.zeros((BM, HC * P), dtype=tl.float32)
+            if LOADED_BOUNDS:
+                    for jb in range(j_lo, block):
+                        cols = ts + jb * BM + offs_m  # inside the tile, before row r0 - 1 (so v <= 1)
+                        cs_j = tl.load(cs_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)  # (BM, HC)
+                        dt_j = tl.load(dt_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)
+                        v = tl.exp(tl.minimum(e[None, :] - cs_j, 0.0)) * dt_j
+                        v_wide = tl.reshape(tl.broadcast_to(v[:, :, None], (BM, HC, P)), (BM, HC * P))
+                        x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h0 * P + offs_w[None, :])  # (BM, HC P)
+                        xv = (x_j.to(tl.float32) * v_wide).to(dtype)
+                        cb_j = tl.load(cb_row + jb * BM + offs_m[None, :])  # masked C_i B_j^T, inputs' dtype
+                        off += tl.dot(cb_j, xv, input_precision=DOT_PRECISION)
+            else:
+                    for jb in range(0, NB):
+                      if (jb >= j_lo) & (jb < block):
+                        cols = ts + jb * BM + offs_m  # inside the tile, before row r0 - 1 (so v <= 1)
+                        cs_j = tl.load(cs_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)  # (BM, HC)
+                        dt_j = tl.load(dt_ptr + cols[:, None] * s_dt_t + heads_c[None, :] * s_dt_h)
+                        v = tl.exp(tl.minimum(e[None, :] - cs_j, 0.0)) * dt_j
+                        v_wide = tl.reshape(tl.broadcast_to(v[:, :, None], (BM, HC, P)), (BM, HC * P))
+                        x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h0 * P + offs_w[None, :])  # (BM, HC P)
+                        xv = (x_j.to(tl.float32) * v_wide).to(dtype)
+                        cb_j = tl.load(cb_row + jb * BM + offs_m[None, :])  # masked C_i B_j^T, inputs' dtype
+                        off += tl.dot(cb_j, xv, input_precision=DOT_PRECISION)
+            off_heads = tl.permute(tl.reshape(off, (BM, HC, P)), (1, 0, 2))  # (HC, BM, P)
+            acc += tl.exp(tl.minimum(cs_i - e[:, None], 0.0))[:, :, None] * off_heads
+        if HAS_D:
+            acc += tl.load(D_ptr + heads_c).to(tl.float32)[:, None, None] * x_i.to(tl.float32)
+        tl.store(y_ptr + rows[None, :, None] * s_y_t + heads_c[:, None, None] * s_y_h + offs_p[None, None, :],
+                 acc.to(y_ptr.dtype.element_ty), mask=row_ok[None, :, None])
+
+    @triton.jit
     def bwd_columns_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, dy_ptr, dx_ptr, ddt_ptr, colsum_ptr, ddd_ptr,
                            seq_end_ptr, tile_start_ptr, tile_end_ptr,
-                           s_x_t, s_x_h, s_dy_t, s_dy_h, s_dx_t, s_dx_h, heads, heads_per_group, groups,
+                           s_x_t, s_x_h, s_dy_t, s_dy_h, s_dx_t, s_dx_h, s_dt_t, s_dt_h, heads, heads_per_group,
+                           groups,
                            P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                            HAS_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
         # One program per (head, column block j, tile): dXdt_j = sum_i M_ij^T dY_i and colsum_j of dM o M.
@@ -281,8 +437,8 @@ def _kernels():
         cols = c0 + offs_m
         col_ok = cols < te
         x_j = tl.load(x_ptr + cols[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=col_ok[:, None], other=0.0)
-        dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
-        cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
+        dt_j = tl.load(dt_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
+        cs_j = tl.load(cs_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
         xdt = (x_j.to(tl.float32) * dt_j[:, None]).to(dtype)
         last = tl.minimum(c0 + BM, te) - 1
         i_hi = (tl.load(seq_end_ptr + last).to(tl.int32) - 1 - ts) // BM  # the last row block that sees these columns
@@ -293,7 +449,7 @@ def _kernels():
           if (ib >= block) & (ib <= i_hi):
             rows = ts + ib * BM + offs_m
             row_ok = rows < te
-            cs_i = tl.load(cs_ptr + rows * heads + h, mask=row_ok, other=0.0)
+            cs_i = tl.load(cs_ptr + rows * s_dt_t + h * s_dt_h, mask=row_ok, other=0.0)
             dy_i = tl.load(dy_ptr + rows[:, None] * s_dy_t + h * s_dy_h + offs_p[None, :], mask=row_ok[:, None],
                            other=0.0).to(dtype)
             cb = tl.load(cb_base + (ib * BM + offs_m)[:, None] * BT).to(tl.float32)  # (BM rows, BM cols)
@@ -317,7 +473,7 @@ def _kernels():
     @triton.jit
     def bwd_rows_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, dt_ptr, cs_ptr, dy_ptr, rowsum_ptr, dB_ptr, dC_ptr,
                         seq_start_ptr, tile_start_ptr, tile_end_ptr,
-                        s_x_t, s_x_h, s_b_t, s_b_g, s_c_t, s_c_g, s_dy_t, s_dy_h, s_db_t, s_db_g,
+                        s_x_t, s_x_h, s_b_t, s_b_g, s_c_t, s_c_g, s_dy_t, s_dy_h, s_db_t, s_db_g, s_dt_t, s_dt_h,
                         heads, heads_per_group, groups,
                         HPP: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr,
                         BT: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -355,9 +511,9 @@ def _kernels():
             s = tl.zeros((BM, BM), dtype=tl.float32)
             for hh in range(HPP):
                 h = h0 + hh
-                cs_i = tl.load(cs_ptr + rows * heads + h, mask=row_ok, other=0.0)
-                cs_j = tl.load(cs_ptr + cols * heads + h, mask=col_ok, other=0.0)
-                dt_j = tl.load(dt_ptr + cols * heads + h, mask=col_ok, other=0.0)
+                cs_i = tl.load(cs_ptr + rows * s_dt_t + h * s_dt_h, mask=row_ok, other=0.0)
+                cs_j = tl.load(cs_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
+                dt_j = tl.load(dt_ptr + cols * s_dt_t + h * s_dt_h, mask=col_ok, other=0.0)
                 decay = tl.where(keep, tl.exp(tl.minimum(cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
                 dy_i = tl.load(dy_ptr + rows[:, None] * s_dy_t + h * s_dy_h + offs_p[None, :],
                                mask=row_ok[:, None], other=0.0).to(dtype)
@@ -374,7 +530,8 @@ def _kernels():
                           mask=col_ok[:, None])
         tl.atomic_add(dC_ptr + rows[:, None] * s_db_t + g * s_db_g + offs_n[None, :], dC, mask=row_ok[:, None])
 
-    return dt_cumsum_kernel, cb_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel
+    return (dt_cumsum_kernel, cb_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel, fwd_factored_kernel,
+            fwd_wide_kernel)
 
 
 def _interpreted() -> bool:
@@ -402,14 +559,19 @@ def _check(x: torch.Tensor, B: torch.Tensor) -> None:
 def _dt_cumsum(dt_raw, dt_bias, A, plan: ShortSSDPlan, dt_limit) -> tuple[torch.Tensor, torch.Tensor]:
     dt_cumsum_kernel = _kernels()[0]
     tokens, heads = dt_raw.shape
-    dt = torch.zeros(tokens, heads, device=dt_raw.device, dtype=torch.float32)  # (T, H); 0 outside the tiles
-    cs = torch.zeros_like(dt)
+    # (T, H) views, 0 outside the tiles; stored (H, T) under DT_LAYOUT "ht" (per-head loads contiguous)
+    if DT_LAYOUT == "ht":
+        dt = torch.zeros(heads, tokens, device=dt_raw.device, dtype=torch.float32).t()
+        cs = torch.zeros(heads, tokens, device=dt_raw.device, dtype=torch.float32).t()
+    else:
+        dt = torch.zeros(tokens, heads, device=dt_raw.device, dtype=torch.float32)
+        cs = torch.zeros_like(dt)
     if plan.tiles:
         import triton
 
         dt_cumsum_kernel[(plan.tiles,)](
             dt_raw, dt_bias if dt_bias is not None else A, A, dt, cs, plan.tile_start, plan.tile_end,
-            dt_raw.stride(0), heads, float(dt_limit[0]), float(dt_limit[1]),
+            dt_raw.stride(0), dt.stride(0), dt.stride(1), heads, float(dt_limit[0]), float(dt_limit[1]),
             BT=plan.block_t, HB=triton.next_power_of_2(heads), HAS_BIAS=dt_bias is not None, num_warps=8,
         )
     return dt, cs
@@ -434,7 +596,7 @@ def _masked_cb(B, C, plan: ShortSSDPlan, dtype: torch.dtype) -> torch.Tensor:
 def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = True) -> torch.Tensor:
     """Y (T, H, P) for the tiled tokens (zeros at long-sequence tokens when `fill_long`, else left unwritten).
     x (T, H, P), dt/cs (T, H) fp32 from `_dt_cumsum`, cb from `_masked_cb`, D (H,) or None."""
-    fwd_kernel = _kernels()[2]
+    kernels = _kernels()
     tokens, heads, head_dim = x.shape
     groups = cb.shape[1]
     y = torch.empty(tokens, heads, head_dim, device=x.device, dtype=x.dtype)
@@ -443,13 +605,25 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
     if plan.tiles:
         blocks = plan.block_t // BLOCK_M
         per_program = FWD_HEADS_PER_PROGRAM if heads % FWD_HEADS_PER_PROGRAM == 0 else 1
-        fwd_kernel[(heads // per_program, blocks, plan.tiles)](
-            x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
-            x.stride(0), x.stride(1), y.stride(0), y.stride(1), heads, heads // groups, groups,
-            P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None,
-            DOT_PRECISION=_dot_precision(x.dtype), LOADED_BOUNDS=LOADED_BOUNDS and not _interpreted(), HC=per_program,
-            num_warps=NUM_WARPS,
-        )
+        grid = (heads // per_program, blocks, plan.tiles)
+        common = dict(P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None,
+                      DOT_PRECISION=_dot_precision(x.dtype), LOADED_BOUNDS=LOADED_BOUNDS and not _interpreted(),
+                      HC=per_program, num_warps=NUM_WARPS)
+        wide = (FWD_VARIANT == "wide" and x.stride(1) == head_dim and (heads // groups) % per_program == 0
+                and per_program & (per_program - 1) == 0)  # the heads of one program: one group, x rows contiguous
+        if wide:
+            kernels[6][grid](
+                x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
+                x.stride(0), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads, heads // groups, groups,
+                **common,
+            )
+        else:
+            fwd_kernel = kernels[5] if FWD_VARIANT in ("factored", "wide") else kernels[2]
+            fwd_kernel[grid](
+                x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
+                x.stride(0), x.stride(1), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads,
+                heads // groups, groups, **common,
+            )
     return y
 
 
@@ -471,7 +645,7 @@ class ShortSSDFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, dt_raw, A, B, C, D, dt_bias, dt, cs = ctx.saved_tensors
         plan: ShortSSDPlan = ctx.plan
-        bwd_columns_kernel, bwd_rows_kernel = _kernels()[3:]
+        bwd_columns_kernel, bwd_rows_kernel = _kernels()[3:5]
         tokens, heads, head_dim = x.shape
         groups, state = B.shape[1], B.shape[2]
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
@@ -490,15 +664,16 @@ class ShortSSDFn(torch.autograd.Function):
                 x, cb, dt, cs, D if D is not None else dt, dy, dx, ddt_x, colsum, ddd,
                 plan.seq_end, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-                heads, heads // groups, groups,
+                dt.stride(0), dt.stride(1), heads, heads // groups, groups,
                 P=head_dim, BM=BLOCK_M, NB=blocks, BT=plan.block_t, HAS_D=D is not None, DOT_PRECISION=precision,
                 num_warps=NUM_WARPS,
             )
-            per_program = _heads_per_program(heads // groups)
+            per_program = _heads_per_program(heads // groups, ROWS_HEADS_LIMIT)
             bwd_rows_kernel[(plan.tiles, blocks, heads // per_program)](
                 x, B, C, cb, dt, cs, dy, rowsum, dB, dC, plan.seq_start, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-                dy.stride(0), dy.stride(1), dB.stride(0), dB.stride(1), heads, heads // groups, groups,
+                dy.stride(0), dy.stride(1), dB.stride(0), dB.stride(1), dt.stride(0), dt.stride(1),
+                heads, heads // groups, groups,
                 HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=blocks, BT=plan.block_t,
                 DOT_PRECISION=precision, num_warps=ROWS_WARPS,
             )

@@ -26,8 +26,9 @@ def check_packing(reranker, device, dtype: str) -> str:
     from pyserini_ssm.models.scoring import packing_support
 
     device = torch.device(device)
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(
-        resolve_dtype(dtype, device))
+    from pyserini_ssm.models.dtypes import DTYPES
+
+    compute = DTYPES.get(resolve_dtype(dtype, device))
     mode, why = packing_support(reranker.model, device, compute)
     if mode is None:
         raise UserError(f"--pack: {reranker.spec.name} cannot pack on {device}: {why}")

@@ -54,10 +54,10 @@ def autocast_for(device, dtype: str):
 
 
 def resolve_dtype(dtype: str, device) -> str:
-    import torch
+    """The training's compute dtype name: `models.dtypes.resolve_dtype` (auto: bf16 on a CUDA GPU that supports it,
+    else fp32), refusing fp16 off CUDA (its GradScaler needs CUDA)."""
+    from pyserini_ssm.models import dtypes
 
-    if dtype == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if dtype == "fp16" and device.type != "cuda":
         raise UserError("--dtype fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
-    return dtype
+    return dtypes.dtype_name(dtypes.resolve_dtype(dtype, device))
