@@ -161,7 +161,8 @@ def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
 # The forward variants and the (H, T) layout of dt/cs (ops.ssd_short's env switches), on the row of the default's
 # test: one token, exactly the tile, tile + 1, full tiles; gradients too (the backward reads dt/cs in their layout).
 @pytest.mark.parametrize("switches", [
-    {"PYSERINI_SSM_SSD_FWD": "factored"},
+    {"PYSERINI_SSM_SSD_FWD": "default", "PYSERINI_SSM_SSD_DT_LAYOUT": "th"},  # the kernels before the defaults moved
+    {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "th"},
     {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},
     {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},  # both heads of a group in one program
 ])

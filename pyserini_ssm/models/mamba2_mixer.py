@@ -1,7 +1,7 @@
 """The Mamba-2 mixer of a packed row through this project's short-sequence SSD (`ops.ssd_short`), on mamba_ssm's
 `Mamba2` module's own parameters (same weights, same state dict keys).
 
-    in_proj (module) -> causal_conv1d (seq_idx, SiLU; in inference `ops.conv_packed` when PYSERINI_SSM_CONV=triton)
+    in_proj (module) -> causal_conv1d (seq_idx, SiLU; in inference `ops.conv_packed`, unless PYSERINI_SSM_CONV=causal_conv1d)
     -> SSD: ours for sequences of at most `plan.block_t` tokens,
     mamba_ssm's `mamba_chunk_scan_combined` (seq_idx) for the longer ones -> gated RMSNorm (module: mamba_ssm's
     `RMSNormGated`, norm(y * silu(z)) per group) -> out_proj (module)
@@ -22,10 +22,11 @@ from torch import nn
 
 from pyserini_ssm.ops.ssd_short import ShortSSDPlan, ssd_short
 
-# The depthwise conv + SiLU of inference: causal_conv1d's CUDA kernel (default) or ops.conv_packed's Triton kernel
-# (coalesced over channels, forward only; opt-in until measured by bin/profile-short-ssd). Training (any input or
-# weight needing a gradient) always runs causal_conv1d, which has the backward.
-CONV_BACKEND = os.environ.get("PYSERINI_SSM_CONV", "causal_conv1d")
+# The depthwise conv + SiLU of inference: ops.conv_packed's Triton kernel (default: coalesced over channels, forward
+# only; 0.184 ms against causal_conv1d's 0.222 at 32k tokens on the H200, bin/profile-short-ssd, 2026-12-02) or
+# causal_conv1d's CUDA kernel. Training (any input or weight needing a gradient) always runs causal_conv1d, which has
+# the backward.
+CONV_BACKEND = os.environ.get("PYSERINI_SSM_CONV", "triton")
 if CONV_BACKEND not in ("causal_conv1d", "triton"):
     raise ValueError(f"PYSERINI_SSM_CONV must be causal_conv1d or triton, got {CONV_BACKEND!r}")
 

@@ -41,20 +41,23 @@ BLOCK_M = int(os.environ.get("PYSERINI_SSM_SSD_BLOCK_M", "64"))  # rows (and col
 NUM_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_WARPS", "4"))
 ROWS_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_WARPS", "8"))  # the dB/dC kernel holds more state
 # Forward loop over column blocks with loaded bounds (software-pipelined loads) instead of a static loop with
-# runtime skips. Opt-in until measured (bin/profile-short-ssd times both).
-LOADED_BOUNDS = os.environ.get("PYSERINI_SSM_SSD_LOADED_BOUNDS", "0") == "1"
+# runtime skips. The default since the H200 run of 2026-12-02 (bin/profile-short-ssd: forward 0.443 vs 0.487 ms at
+# 32k tokens); the interpreter always takes the static loop.
+LOADED_BOUNDS = os.environ.get("PYSERINI_SSM_SSD_LOADED_BOUNDS", "1") == "1"
 FWD_HEADS_PER_PROGRAM = int(os.environ.get("PYSERINI_SSM_SSD_FWD_HEADS", "1"))  # heads one forward program runs
 # Heads one dB/dC program sums its S over (a divisor of heads per group, at most this): fewer heads per program give
 # more programs (at 13k tokens and 16 heads, 624 programs: under 5 per SM) for more dB/dC atomics.
 ROWS_HEADS_LIMIT = int(os.environ.get("PYSERINI_SSM_SSD_ROWS_HEADS", "16"))
 # Where dt and cs (fp32, per token and head) live: "th" (T, H) rows, or "ht" (H, T) so that the forward's per-head
-# loads of BM consecutive tokens are contiguous instead of stride-H gathers. Opt-in until measured.
-DT_LAYOUT = os.environ.get("PYSERINI_SSM_SSD_DT_LAYOUT", "th")
+# loads of BM consecutive tokens are contiguous instead of stride-H gathers. "ht" by default since the H200 run of
+# 2026-12-02 (with "factored": forward 0.441 ms, forward+backward 3.404 ms, against 0.487 and 3.535).
+DT_LAYOUT = os.environ.get("PYSERINI_SSM_SSD_DT_LAYOUT", "ht")
 # The forward kernel: "default" (the full masked exp on every column block), "factored" (off-diagonal column blocks
 # through the exact factorisation exp(cs_t - cs_s) = exp(cs_t - e) exp(e - cs_s), e = cs of the row before the row
 # block: one exp per row and per column instead of one per pair, both factors <= 1), "wide" (factored, with the
 # off-diagonal blocks of FWD_HEADS heads in one dot over heads x headdim columns: the CB tile is loaded once).
-FWD_VARIANT = os.environ.get("PYSERINI_SSM_SSD_FWD", "default")
+# "factored" by default (measured fastest; "wide" ran 0.62-1.18 ms, slower: docs/BENCHMARKS.md).
+FWD_VARIANT = os.environ.get("PYSERINI_SSM_SSD_FWD", "factored")
 FWD_VARIANTS = ("default", "factored", "wide")
 if FWD_VARIANT not in FWD_VARIANTS or DT_LAYOUT not in ("th", "ht"):
     raise ValueError(f"PYSERINI_SSM_SSD_FWD must be one of {FWD_VARIANTS} and PYSERINI_SSM_SSD_DT_LAYOUT th or ht, "
@@ -307,7 +310,10 @@ class ShortSSDFn(torch.autograd.Function):
         dcs = (rowsum - colsum).t().double().contiguous()  # (H, T)
         prefix = dcs.new_zeros(heads, tokens + 1)
         prefix[:, 1:] = torch.cumsum(dcs, 1)
-        da = (prefix[:, plan.seq_end] - prefix[:, :-1]).t()  # (T, H) float64, restarted at each sequence end
+        # (T, H) float64, restarted at each sequence end; contiguous again: a transposed view here made every later
+        # op, and the dt_raw gradient flowing back into in_proj's backward, strided (about 60 ms of uncoalesced
+        # copies a training step of mamba2-780m at 13k tokens, H200)
+        da = (prefix[:, plan.seq_end] - prefix[:, :-1]).t().contiguous()
         ddt = ddt_x + da.float() * A
         dA = (da * dt.double()).sum(0)  # float64: the terms of one sequence nearly cancel
         v = dt_raw.float() + (dt_bias.float() if dt_bias is not None else 0.0)
