@@ -14,7 +14,6 @@ batch and carries on.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from pyserini_ssm.collection import raw_document_text
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.models.checkpoints import (
     LoadedCheckpoint, load_checkpoint, pad_token_id, write_reranker_dir,
@@ -98,24 +98,8 @@ def hit_fields(hit: Any) -> tuple[str, float, str | None]:
                 raw = document.get("raw")
                 if raw is None:
                     raw = document.get("contents")
-        text = _text_of_raw(raw) if raw is not None else None
+        text = raw_document_text(raw) if raw is not None else None
     return str(docid), score, text
-
-
-def _text_of_raw(raw: str) -> str:
-    """Pyserini stores JSON documents raw: {"id", "contents"} (or title + text); plain text stays as it is."""
-    stripped = raw.lstrip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError:
-            return raw
-        if isinstance(data, dict):
-            if "contents" in data:
-                return str(data["contents"])
-            if "text" in data:
-                return " ".join(str(part) for part in (data.get("title"), data["text"]) if part)
-    return raw
 
 
 class Reranker:
