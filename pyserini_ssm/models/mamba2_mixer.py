@@ -1,8 +1,9 @@
 """The Mamba-2 mixer of a packed row through this project's short-sequence SSD (`ops.ssd_short`), on mamba_ssm's
 `Mamba2` module's own parameters (same weights, same state dict keys).
 
-    in_proj (module) -> causal_conv1d (seq_idx, SiLU; in inference `ops.conv_packed`, unless PYSERINI_SSM_CONV=causal_conv1d)
-    -> SSD: ours for sequences of at most `plan.block_t` tokens,
+    in_proj (module) -> depthwise causal conv + SiLU (restarted per sequence; `ops.conv_packed` in inference unless
+    PYSERINI_SSM_CONV=causal_conv1d, causal_conv1d with seq_idx in training) -> SSD: ours for sequences of at most
+    `plan.block_t` tokens,
     mamba_ssm's `mamba_chunk_scan_combined` (seq_idx) for the longer ones -> gated RMSNorm (module: mamba_ssm's
     `RMSNormGated`, norm(y * silu(z)) per group) -> out_proj (module)
 
@@ -83,10 +84,11 @@ def _conv_silu(mixer: nn.Module, xbc: torch.Tensor, plan: ShortSSDPlan, seq_idx:
     weight, bias = mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias  # (C, W), (C,)
     needs_grad = torch.is_grad_enabled() and (xbc.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad))
-    if CONV_BACKEND == "triton" and not needs_grad and weight.shape[-1] <= 4:
-        from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
+    if CONV_BACKEND == "triton" and not needs_grad:
+        from pyserini_ssm.ops import conv_packed
 
-        return packed_causal_conv1d(xbc, weight, bias, plan.seq_start)
+        if weight.shape[-1] <= conv_packed.MAX_WIDTH:
+            return conv_packed.packed_causal_conv1d(xbc, weight, bias, plan.seq_start)
     from causal_conv1d import causal_conv1d_fn
 
     return causal_conv1d_fn(

@@ -12,11 +12,13 @@ go to mamba_ssm's chunked kernel (`models.mamba2_mixer`). One Triton program per
 computes C_i B_j^T for the column blocks its rows can see (same sequence, s <= t; blocks of other sequences are
 skipped), the decay from the tile's cumulative sum, and accumulates (L o CB) (dt X) with `tl.dot`.
 
-Forward variants (env switches, opt-in until timed by bin/profile-short-ssd; the backward is the same for all):
-"factored" pays the (BM, BM) masked exp only on the diagonal block: before it the decay is exactly rank one,
+Forward variants (PYSERINI_SSM_SSD_FWD, read at import; `bin/profile-short-ssd` times them; one backward for all):
+"default" pays the (BM, BM) masked exp on every column block; "factored" (used unless the variable says otherwise:
+fastest on the H200) pays it only on the diagonal block, since before it the decay is exactly rank one,
 exp(cs_t - cs_s) = exp(cs_t - e) exp(e - cs_s) with e = cs of the row before the row block (both factors <= 1);
 "wide" runs FWD_HEADS heads of a group per program and puts their off-diagonal tiles side by side as the columns of
-one dot with the CB tile; DT_LAYOUT "ht" stores dt and cs (H, T) so a head's loads of consecutive tokens coalesce.
+one dot with the CB tile. DT_LAYOUT "ht" (used unless PYSERINI_SSM_SSD_DT_LAYOUT=th) stores dt and cs (H, T), so a
+head's loads of consecutive tokens coalesce.
 
 Backward: two kernels. One per (tile, column block, head) accumulates dXdt_j = sum_i M_ij^T dY_i (so dX = dt dXdt +
 D dY, ddt += x . dXdt, dD) and the column sums of dM o M; one per (tile, row block, heads of one group) forms
@@ -182,7 +184,7 @@ def _check(x: torch.Tensor, B: torch.Tensor) -> None:
 
 
 def _dt_cumsum(dt_raw, dt_bias, A, plan: ShortSSDPlan, dt_limit) -> tuple[torch.Tensor, torch.Tensor]:
-    dt_cumsum_kernel = _kernels()[0]
+    dt_cumsum_kernel = _kernels().dt_cumsum
     tokens, heads = dt_raw.shape
     # (T, H) views, 0 outside the tiles; stored (H, T) under DT_LAYOUT "ht" (per-head loads contiguous)
     if DT_LAYOUT == "ht":
@@ -205,7 +207,7 @@ def _dt_cumsum(dt_raw, dt_bias, A, plan: ShortSSDPlan, dt_limit) -> tuple[torch.
 def _masked_cb(B, C, plan: ShortSSDPlan, dtype: torch.dtype) -> torch.Tensor:
     """(K, G, BT, BT) C_i B_j^T of every tile and group, zero outside s <= t in one sequence (blocks a tile's rows
     never read are left unwritten). Stored in the inputs' dtype (fp32 inputs: fp32)."""
-    cb_kernel = _kernels()[1]
+    cb_kernel = _kernels().cb
     groups, state = B.shape[1], B.shape[2]
     blocks = plan.block_t // BLOCK_M
     cb = torch.empty(plan.tiles, groups, plan.block_t, plan.block_t, device=B.device, dtype=dtype)
@@ -237,13 +239,13 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
         wide = (FWD_VARIANT == "wide" and x.stride(1) == head_dim and (heads // groups) % per_program == 0
                 and per_program & (per_program - 1) == 0)  # the heads of one program: one group, x rows contiguous
         if wide:
-            kernels[6][grid](
+            kernels.fwd_wide[grid](
                 x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
                 x.stride(0), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads, heads // groups, groups,
                 **common,
             )
         else:
-            fwd_kernel = kernels[5] if FWD_VARIANT in ("factored", "wide") else kernels[2]
+            fwd_kernel = kernels.fwd_factored if FWD_VARIANT in ("factored", "wide") else kernels.fwd
             fwd_kernel[grid](
                 x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads,
@@ -270,7 +272,8 @@ class ShortSSDFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, dt_raw, A, B, C, D, dt_bias, dt, cs = ctx.saved_tensors
         plan: ShortSSDPlan = ctx.plan
-        bwd_columns_kernel, bwd_rows_kernel = _kernels()[3:5]
+        kernels = _kernels()
+        bwd_columns_kernel, bwd_rows_kernel = kernels.bwd_columns, kernels.bwd_rows
         tokens, heads, head_dim = x.shape
         groups, state = B.shape[1], B.shape[2]
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()

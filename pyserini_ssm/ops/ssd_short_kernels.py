@@ -6,6 +6,19 @@ and the two backward kernels. Built on first use (`triton_kernels()`), so import
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
+
+
+class ShortSSDKernels(NamedTuple):
+    """The compiled-on-first-use kernels, by name (the forward variant is chosen in `ops.ssd_short`)."""
+
+    dt_cumsum: Any
+    cb: Any
+    fwd: Any
+    fwd_factored: Any
+    fwd_wide: Any
+    bwd_columns: Any
+    bwd_rows: Any
 
 
 @functools.cache
@@ -383,5 +396,5 @@ def triton_kernels():
                           mask=col_ok[:, None])
         tl.atomic_add(dC_ptr + rows[:, None] * s_db_t + g * s_db_g + offs_n[None, :], dC, mask=row_ok[:, None])
 
-    return (dt_cumsum_kernel, cb_kernel, fwd_kernel, bwd_columns_kernel, bwd_rows_kernel, fwd_factored_kernel,
-            fwd_wide_kernel)
+    return ShortSSDKernels(dt_cumsum=dt_cumsum_kernel, cb=cb_kernel, fwd=fwd_kernel, fwd_factored=fwd_factored_kernel,
+                           fwd_wide=fwd_wide_kernel, bwd_columns=bwd_columns_kernel, bwd_rows=bwd_rows_kernel)
