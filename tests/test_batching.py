@@ -75,6 +75,7 @@ def test_pack_batch_fields():
     assert batch["cu_seqlens"].tolist() == [0, 3, 4, 6] and batch["cu_seqlens"].dtype == torch.int32
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1]]
     assert batch["last_index"].tolist() == [2, 3, 5]
+    assert batch["sequence_lengths"] == (3, 1, 2)  # host ints: the short SSD tiles the row without a device read
     with pytest.raises(ValueError, match="token budget"):
         pack_batch(pairs, token_budget=5)
 

@@ -55,6 +55,23 @@ def test_output_positions_give_the_pooled_rows_of_the_full_output():
     assert torch.equal(pooled[0], full[0, last])
 
 
+def test_plan_from_host_lengths_is_the_plan_from_seq_idx():
+    """`lengths` (what pack_batch hands down) give the same tiling as reading seq_idx back; wrong ones are refused."""
+    from pyserini_ssm.ops.ssd_short import plan_short_ssd
+
+    lengths = [1, 32, 5, 33, 20, 12, 2, 1]
+    seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), torch.tensor(lengths))[None]
+    tokens = sum(lengths)
+    from_ids = plan_short_ssd(seq_idx, tokens, torch.device("cpu"), block_t=32)
+    from_lengths = plan_short_ssd(seq_idx, tokens, torch.device("cpu"), block_t=32, lengths=tuple(lengths))
+    for field in ("tile_start", "tile_end", "seq_start", "seq_end", "long_index", "long_seq_idx"):
+        assert torch.equal(getattr(from_ids, field), getattr(from_lengths, field)), field
+    assert (from_lengths.tiles, from_lengths.long_sequences) == (from_ids.tiles, from_ids.long_sequences) == (5, 1)
+    for bad in ([1, 32, 5], [0, *lengths], [[tokens]]):
+        with pytest.raises(ValueError, match="do not split a row"):
+            plan_short_ssd(seq_idx, tokens, torch.device("cpu"), block_t=32, lengths=bad)
+
+
 def test_fused_adamw_only_for_cuda_floating_parameters():
     from pyserini_ssm.training.loop import fused_adamw_applies
 
@@ -183,6 +200,54 @@ def test_interpreted_factored_forward_with_sequences_across_blocks(switches):
     errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7, env_switches=switches)
     for name in ("y",) + GRAD_NAMES:
         assert errors[name] < fp32_tolerance(name), (name, switches, errors)
+
+
+def compare_dt_chain(lengths, block_t, dt_limit, device="cpu", seed=0) -> dict:
+    """Max relative errors of `dt_chain` (bwd_dt_kernel) against `dt_chain_reference` on random backward buffers."""
+    from pyserini_ssm.ops.ssd_short import dt_chain, dt_chain_reference, plan_short_ssd
+
+    generator = torch.Generator().manual_seed(seed)
+    tokens, heads = sum(lengths), 20  # 20 heads: two head blocks of 16, the second partly masked
+    rowsum, colsum, ddt_x, ddd = (torch.randn(tokens, heads, generator=generator).to(device) for _ in range(4))
+    dt = torch.rand(heads, tokens, generator=generator).to(device).t()  # the "ht" layout: a transposed view
+    dt_raw = torch.randn(tokens, heads + 3, generator=generator).to(device)[:, :heads]  # a strided view, as in_proj's
+    A = -torch.rand(heads, generator=generator).to(device) - 0.5
+    dt_bias = torch.randn(heads, generator=generator).to(device) * 0.5
+    plan = plan_short_ssd(None, tokens, torch.device(device), block_t=block_t, lengths=lengths)
+    got = dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan, dt_limit)
+    # the reference on the tile tokens only, as the kernel (the long-sequence tokens' buffers are not ours)
+    short = torch.ones(tokens, dtype=torch.bool, device=device)
+    if plan.long_index is not None:
+        short[plan.long_index] = False
+    masked = [value * short[:, None] for value in (rowsum, colsum, ddt_x, ddd)]
+    want = dt_chain_reference(*masked, dt, dt_raw, A, dt_bias, plan.seq_end, dt_limit, plan.long_index)
+    return {name: float((g.double() - w.double()).abs().max() / w.double().abs().max())
+            for name, g, w in zip(("ddt_raw", "dA", "ddt_bias", "dD"), got, want)}
+
+
+def test_interpreted_dt_chain_kernel_matches_its_torch_reference():
+    """The backward's cumulative-sum chain kernel: sequences of 1 token, exactly the tile, long ones (no gradient
+    there), clamped steps (dt_limit), heads in two blocks."""
+    pytest.importorskip("triton")
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_ssd_short as t; "
+            "print(json.dumps(t.compare_dt_chain([1, 32, 5, 33, 20, 12, 2, 1, 40, 7], 32, (0.2, 1.5))))")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, error in errors.items():
+        assert error < 1e-6, (name, errors)
+
+
+@pytest.mark.gpu
+def test_gpu_dt_chain_kernel_matches_its_torch_reference():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    errors = compare_dt_chain([1, 256, 5, 257, 20, 101, 2, 1, 400, 7, 99], 256, (0.2, 1.5), device="cuda")
+    for name, error in errors.items():
+        assert error < 1e-6, (name, errors)
 
 
 # --------------------------------------------------------------------------------------------------------------------

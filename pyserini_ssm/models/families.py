@@ -288,13 +288,17 @@ class MambaFamily(FamilyAdapter):
 
     def hidden_states(self, model: Any, batch: dict[str, Any]) -> Any:
         # Right padding: a causal scan never lets padding reach the real tokens, so no mask is needed.
-        return model.backbone(batch["input_ids"], seq_idx=batch.get("seq_idx"))
+        if "seq_idx" not in batch:
+            return model.backbone(batch["input_ids"])
+        return model.backbone(batch["input_ids"], seq_idx=batch["seq_idx"],
+                              sequence_lengths=batch.get("sequence_lengths"))
 
     def packed_pooled(self, model: Any, batch: dict[str, Any]) -> Any:
         if model.pooling != "last":
             return None
         # Only the pooled tokens: the kernel backbone skips the rest of the last layer's out_proj and norms.
-        return model.backbone(batch["input_ids"], seq_idx=batch["seq_idx"], output_positions=batch["last_index"])[0]
+        return model.backbone(batch["input_ids"], seq_idx=batch["seq_idx"], output_positions=batch["last_index"],
+                              sequence_lengths=batch.get("sequence_lengths"))[0]
 
 
 class Mamba1Family(MambaFamily):

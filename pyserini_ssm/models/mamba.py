@@ -22,7 +22,7 @@ import functools
 import inspect
 import logging
 import sys
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -118,9 +118,11 @@ class MambaBackbone(nn.Module):
         attention_mask: torch.Tensor | None = None,
         seq_idx: torch.Tensor | None = None,
         output_positions: torch.Tensor | None = None,
+        sequence_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """(B, L, D), or (B, K, D) at `output_positions` (K,) of each row (the kernel backend then skips the last
-        layer's out_proj and norms elsewhere on a packed row)."""
+        layer's out_proj and norms elsewhere on a packed row). `sequence_lengths` (host ints, the runs of `seq_idx`
+        of a packed row) spare the kernel backend a device-to-host read of `seq_idx`."""
         if seq_idx is not None:
             if not self.supports_packing:
                 raise NotImplementedError("Mamba-1 has no variable-length kernel: pad the batch instead of packing")
@@ -138,7 +140,9 @@ class MambaBackbone(nn.Module):
                 seq_idx, attention_mask = attention_mask.to(torch.int32), None  # padding id 0, tokens id 1
         dtype = self.model.embeddings.weight.dtype
         if self.backend == "cuda":
-            return self.model(input_ids, seq_idx=seq_idx, output_positions=output_positions).to(dtype)
+            lengths = sequence_lengths if seq_idx is not None and attention_mask is None else None
+            return self.model(input_ids, seq_idx=seq_idx, output_positions=output_positions,
+                              sequence_lengths=lengths).to(dtype)
         if seq_idx is not None:
             hidden = self._torch_packed(input_ids, seq_idx)
         else:

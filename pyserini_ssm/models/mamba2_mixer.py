@@ -63,16 +63,20 @@ def mamba2_mixer_forward(
     tokens = hidden.shape[1]
     zxbcdt = mixer.in_proj(hidden)  # (1, T, 2 d_ssm + 2 G N + H)
     z, xbc, dt_raw = torch.split(zxbcdt, [d_ssm, d_ssm + 2 * groups * state, heads], dim=-1)
-    xbc = _conv_silu(mixer, xbc[0], plan, seq_idx)  # (T, C)
+    # squeeze(0), never [0]: the backward of a select writes its gradient into a zeroed copy of the whole input (a
+    # fill and a strided copy of the (T, C) channels, about 0.3 ms each a layer at 13k tokens on an H200), where
+    # squeeze's backward is a view
+    xbc = _conv_silu(mixer, xbc.squeeze(0), plan, seq_idx)  # (T, C)
+    dt_raw = dt_raw.squeeze(0)  # (T, H)
     x, B, C = torch.split(xbc, [d_ssm, groups * state, groups * state], dim=-1)
     x = x.view(tokens, heads, head_dim)  # (T, H, P)
     B = B.view(tokens, groups, state)  # (T, G, N)
     C = C.view(tokens, groups, state)
     A = -torch.exp(mixer.A_log.float())  # (H,)
     dt_limit = tuple(float(v) for v in mixer.dt_limit)
-    y = ssd_short(x, dt_raw[0], A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, fill_long=False)  # (T, H, P)
+    y = ssd_short(x, dt_raw, A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, fill_long=False)  # (T, H, P)
     if plan.long_index is not None:  # in place: no copy of the whole row (y is not saved by ShortSSDFn)
-        y.index_copy_(0, plan.long_index, _long_ssd(mixer, x, dt_raw[0], A, B, C, plan, dt_limit))
+        y.index_copy_(0, plan.long_index, _long_ssd(mixer, x, dt_raw, A, B, C, plan, dt_limit))
     y = y.view(1, tokens, d_ssm)
     if output_positions is not None:
         y, z = y[:, output_positions], z[:, output_positions]  # (1, K, d_ssm)
@@ -97,7 +101,7 @@ def _conv_silu(mixer: nn.Module, xbc: torch.Tensor, plan: ShortSSDPlan, seq_idx:
         bias=bias,
         seq_idx=seq_idx,
         activation="silu",
-    )[0].t()  # (T, C)
+    ).squeeze(0).t()  # (T, C)
 
 
 def _long_ssd(mixer: nn.Module, x, dt_raw, A, B, C, plan: ShortSSDPlan, dt_limit) -> torch.Tensor:
@@ -111,4 +115,4 @@ def _long_ssd(mixer: nn.Module, x, dt_raw, A, B, C, plan: ShortSSDPlan, dt_limit
         B.index_select(0, index)[None], C.index_select(0, index)[None], mixer.chunk_size,
         D=mixer.D, dt_bias=mixer.dt_bias, dt_softplus=True, seq_idx=plan.long_seq_idx, **extra,
     )  # (1, T_long, H, P)
-    return y[0]
+    return y.squeeze(0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,13 @@ KERNEL_INSTALL_HINT = "pip install --no-build-isolation mamba-ssm causal-conv1d"
 # The SSD of packed Mamba-2 rows on the kernel backend: "short" (ops.ssd_short) or "mamba_ssm" (stock).
 SSD_BACKENDS = ("short", "mamba_ssm")
 SSD_BACKEND_ENV = "PYSERINI_SSM_SSD"
-SHORT_SSD_BLOCK_T = 256
+# The short SSD's tile: the longest sequence it takes. Longer ones go to mamba_ssm's chunked scan on gathered
+# tokens: gathers, its forward and backward kernels and a scatter, extra launches in every layer of a step that the
+# host already paces at 128 pairs. PYSERINI_SSM_SSD_BLOCK_T=512 would take every pair of a 512-token reranker in
+# tiles; it has not been timed on a GPU. 256, the default, is what every GPU figure measured.
+SHORT_SSD_BLOCK_T = int(os.environ.get("PYSERINI_SSM_SSD_BLOCK_T", "256"))
+if SHORT_SSD_BLOCK_T < 64 or SHORT_SSD_BLOCK_T & (SHORT_SSD_BLOCK_T - 1):
+    raise ValueError(f"PYSERINI_SSM_SSD_BLOCK_T must be a power of two >= 64, got {SHORT_SSD_BLOCK_T}")
 
 
 def ssd_backend_from_env() -> str:
@@ -154,6 +160,7 @@ class MambaKernelBackbone(nn.Module):
         seq_idx: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         output_positions: torch.Tensor | None = None,
+        sequence_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Final-normed hidden states (B, L, D) of `input_ids` (B, L), or (B, K, D) at `output_positions` (K,).
 
@@ -162,6 +169,8 @@ class MambaKernelBackbone(nn.Module):
         (the state restarts where the id changes). `cu_seqlens` (N + 1,) is the same for a single row (B = 1) and
         is turned into `seq_idx`. A Mamba-2 row (B = 1) runs through the short-sequence SSD when `ssd_backend` is
         "short"; its last layer then computes the gated norm, out_proj and final norm only at `output_positions`.
+        `sequence_lengths` (host ints: the lengths of the runs of `seq_idx`, as `ops.batching.pack_batch` gives them)
+        let the row be tiled without reading `seq_idx` back, which would wait for the device (the previous row).
         """
         if cu_seqlens is not None:
             if seq_idx is not None:
@@ -175,7 +184,7 @@ class MambaKernelBackbone(nn.Module):
                 raise ValueError(f"seq_idx shape {tuple(seq_idx.shape)} != input_ids shape {tuple(input_ids.shape)}")
             seq_idx = seq_idx.to(device=input_ids.device, dtype=torch.int32).contiguous()
             mixer_kwargs["seq_idx"] = seq_idx
-        plan = self._short_ssd_plan(input_ids, seq_idx)
+        plan = self._short_ssd_plan(input_ids, seq_idx, sequence_lengths)
         hidden = self.embeddings(input_ids)  # (B, L, D)
         residual = None
         last = len(self.layers) - 1
@@ -213,7 +222,8 @@ class MambaKernelBackbone(nn.Module):
             out = out[:, output_positions]
         return out
 
-    def _short_ssd_plan(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None):
+    def _short_ssd_plan(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None,
+                        sequence_lengths: Sequence[int] | None = None):
         """The tiling of the row for the short SSD, or None when the stock mamba_ssm path runs (recorded)."""
         stock = "mamba_ssm mamba_split_conv1d_scan_combined"
         if self.family != "mamba2":
@@ -235,7 +245,8 @@ class MambaKernelBackbone(nn.Module):
                 self._short_ssd_warned = True
             self.last_ssd_kernels = f"{stock} (short SSD unsupported: {reason})"
             return None
-        plan = plan_short_ssd(seq_idx, input_ids.shape[1], input_ids.device, block_t=self.ssd_block_t)
+        plan = plan_short_ssd(seq_idx, input_ids.shape[1], input_ids.device, block_t=self.ssd_block_t,
+                              lengths=sequence_lengths if seq_idx is not None else None)
         if plan.tiles == 0 and type(self.layers[0].mixer.out_proj) is nn.Linear:
             # Every sequence is longer than a tile: the short SSD has nothing to do, and mamba_ssm's fused path
             # (conv, scan and out_proj in one autograd function) beats our mixer around its chunked scan. Under FP8

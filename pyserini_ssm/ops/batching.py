@@ -16,6 +16,19 @@ import numpy as np
 INT32_ELEMENTS = 2**31
 
 
+def to_device(tensor: Any, device: Any) -> Any:
+    """`tensor` (CPU) on `device` without waiting for the device: to a GPU through pinned memory, as a
+    non-blocking copy. A copy from pageable memory is ordered after the work already queued and torch waits for it
+    (a blocking `.to` synchronises the stream), so the host could not queue the next row while the GPU runs this one.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def int32_token_cap(activation_width: int) -> int:
     """The most tokens (padded rows x longest length, or a packed row's length) one forward may hold so that
     tokens x `activation_width` (the widest activation per token, see `models.scoring.widest_activation`) stays
@@ -103,7 +116,7 @@ def pad_batch(encoded: Sequence[Any], pad_id: int, device: Any = None) -> dict[s
     if with_types:
         batch["token_type_ids"] = torch.from_numpy(token_type_ids)
     if device is not None:
-        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        batch = {key: to_device(value, device) for key, value in batch.items()}
     return batch
 
 
@@ -142,8 +155,9 @@ def pack_batch(encoded: Sequence[Any], token_budget: int | None = None, device: 
     Returns `input_ids` (1, T) long, `seq_idx` (1, T) int32 (which sequence each token belongs to), `cu_seqlens`
     (N+1,) int32 (sequence starts, then T), `position_ids` (1, T) long (restarting at 0 per sequence),
     `last_index` (N,) long (the position in the row of each sequence's last token), `token_type_ids` (1, T) long
-    when the pairs have segment ids, and `max_length` (a Python int, the longest sequence: kernels need it on the
-    host, and reading it from a device tensor would synchronise).
+    when the pairs have segment ids, `max_length` (a Python int, the longest sequence: kernels need it on the
+    host, and reading it from a device tensor would synchronise) and `sequence_lengths` (a tuple of Python ints,
+    for the same reason: the short SSD tiles the row from them without reading `seq_idx` back from the device).
     """
     import torch
 
@@ -171,8 +185,9 @@ def pack_batch(encoded: Sequence[Any], token_budget: int | None = None, device: 
         types = np.fromiter((t for item in encoded for t in item.token_type_ids), dtype=np.int64, count=total)
         batch["token_type_ids"] = torch.from_numpy(types).unsqueeze(0)
     if device is not None:
-        batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        batch = {key: to_device(value, device) for key, value in batch.items()}
     batch["max_length"] = int(lengths.max())
+    batch["sequence_lengths"] = tuple(lengths.tolist())
     return batch
 
 

@@ -20,22 +20,25 @@ exp(cs_t - cs_s) = exp(cs_t - e) exp(e - cs_s) with e = cs of the row before the
 one dot with the CB tile. DT_LAYOUT "ht" (used unless PYSERINI_SSM_SSD_DT_LAYOUT=th) stores dt and cs (H, T), so a
 head's loads of consecutive tokens coalesce.
 
-Backward: two kernels. One per (tile, column block, head) accumulates dXdt_j = sum_i M_ij^T dY_i (so dX = dt dXdt +
+Backward: three kernels. One per (tile, column block, head) accumulates dXdt_j = sum_i M_ij^T dY_i (so dX = dt dXdt +
 D dY, ddt += x . dXdt, dD) and the column sums of dM o M; one per (tile, row block, heads of one group) forms
 dM = dY Xdt^T per head, the row sums of dM o M and S = sum_h dM_h o L_h, and from S (shared by the group's heads)
-dC = S B and dB = S^T C. The cumulative-sum chain (d cs = rowsum - colsum, da = reverse cumsum per sequence, dA, ddt,
-softplus, dt_bias) runs in torch on (T, H) tensors.
+dC = S B and dB = S^T C. The third, per (tile, block of heads), runs the cumulative-sum chain (d cs = rowsum - colsum,
+da = reverse cumsum per sequence in float64, dA, ddt, clamp and softplus, dt_bias, dD); `dt_chain_reference` is the
+same in torch (it ran as about 40 small torch ops a layer, launches that set the pace of a training step).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyserini_ssm.ops.batching import to_device
 from pyserini_ssm.ops.ssd_short_kernels import triton_kernels as _kernels
 
 DEFAULT_BLOCK_T = 256  # tile: the longest sequence this kernel takes (longer ones: mamba_ssm's chunked scan)
@@ -119,10 +122,16 @@ class ShortSSDPlan:
 
 
 def plan_short_ssd(seq_idx: torch.Tensor | None, tokens: int, device: torch.device,
-                   block_t: int = DEFAULT_BLOCK_T) -> ShortSSDPlan:
-    """The tiling of one row (1, T) from its `seq_idx` (runs of equal ids are sequences; None: one sequence).
-    One device-to-host copy (the sequence lengths)."""
-    if seq_idx is None:
+                   block_t: int = DEFAULT_BLOCK_T, lengths: Sequence[int] | None = None) -> ShortSSDPlan:
+    """The tiling of one row (1, T) from its `seq_idx` (runs of equal ids are sequences; None: one sequence), or
+    from `lengths`, the host-side lengths of those runs when the caller has them. Without `lengths`, one
+    device-to-host copy, which waits for the device to finish the work queued before (the last row): with
+    `lengths` the host queues this row while the device still runs the last one."""
+    if lengths is not None:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.ndim != 1 or int(lengths.sum()) != tokens or (len(lengths) and lengths.min() < 1):
+            raise ValueError(f"sequence lengths {lengths.tolist()[:8]}... do not split a row of {tokens} tokens")
+    elif seq_idx is None:
         lengths = np.asarray([tokens], dtype=np.int64)
     else:
         ids = seq_idx.reshape(-1)
@@ -141,12 +150,12 @@ def plan_short_ssd(seq_idx: torch.Tensor | None, tokens: int, device: torch.devi
     if is_long.any():
         long_ids = np.nonzero(is_long)[0]
         long_tokens = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in long_ids])
-        long_index = torch.from_numpy(long_tokens).to(device)
+        long_index = to_device(torch.from_numpy(long_tokens), device)
         long_seq_idx = torch.from_numpy(np.repeat(np.arange(len(long_ids), dtype=np.int32), lengths[long_ids]))
-        long_seq_idx = long_seq_idx.to(device).unsqueeze(0)
+        long_seq_idx = to_device(long_seq_idx, device).unsqueeze(0)
 
     def as_device(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+        return to_device(torch.from_numpy(np.ascontiguousarray(array)).to(dtype), device)
 
     return ShortSSDPlan(
         tokens=tokens, block_t=block_t,
@@ -262,18 +271,20 @@ class ShortSSDFn(torch.autograd.Function):
         _check(x, B)
         A = A.float().contiguous()
         dt, cs = _dt_cumsum(dt_raw, dt_bias, A, plan, dt_limit)
-        y = ssd_short_forward(x, dt, cs, _masked_cb(B, C, plan, x.dtype), D, plan, fill_long)
-        ctx.save_for_backward(x, dt_raw, A, B, C, D, dt_bias, dt, cs)
+        cb = _masked_cb(B, C, plan, x.dtype)
+        y = ssd_short_forward(x, dt, cs, cb, D, plan, fill_long)
+        # cb is kept for the backward (BT^2 per tile and group: 1/12 of x's size for mamba2-780m, 48 heads of 64):
+        # recomputing it was one more launch per layer
+        ctx.save_for_backward(x, dt_raw, A, B, C, D, dt_bias, dt, cs, cb)
         ctx.plan = plan
         ctx.dt_limit = dt_limit
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, dt_raw, A, B, C, D, dt_bias, dt, cs = ctx.saved_tensors
+        x, dt_raw, A, B, C, D, dt_bias, dt, cs, cb = ctx.saved_tensors
         plan: ShortSSDPlan = ctx.plan
         kernels = _kernels()
-        bwd_columns_kernel, bwd_rows_kernel = kernels.bwd_columns, kernels.bwd_rows
         tokens, heads, head_dim = x.shape
         groups, state = B.shape[1], B.shape[2]
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
@@ -281,14 +292,15 @@ class ShortSSDFn(torch.autograd.Function):
         dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
         if plan.long_index is not None:
             dx[plan.long_index] = 0  # the chunked kernel's gradient is added there by autograd
-        ddt_x, colsum, rowsum, ddd = (torch.zeros(tokens, heads, device=x.device, dtype=torch.float32)
-                                      for _ in range(4))
-        dB = torch.zeros(tokens, groups, state, device=x.device, dtype=torch.float32)
-        dC = torch.zeros_like(dB)
+        # Every (T, H) buffer is read only at tile tokens; rowsum, dB and dC take atomic adds, so they start at 0.
+        # One allocation each for the written and the accumulated ones: fewer launches (the host sets the pace of
+        # a training step at 13k tokens).
+        ddt_x, colsum, ddd = torch.empty(3, tokens, heads, device=x.device, dtype=torch.float32).unbind(0)
+        rowsum = torch.zeros(tokens, heads, device=x.device, dtype=torch.float32)
+        dB, dC = torch.zeros(2, tokens, groups, state, device=x.device, dtype=torch.float32).unbind(0)
         if plan.tiles:
             blocks = plan.block_t // BLOCK_M
-            cb = _masked_cb(B, C, plan, x.dtype)
-            bwd_columns_kernel[(heads, blocks, plan.tiles)](
+            kernels.bwd_columns[(heads, blocks, plan.tiles)](
                 x, cb, dt, cs, D if D is not None else dt, dy, dx, ddt_x, colsum, ddd,
                 plan.seq_end, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
@@ -297,7 +309,7 @@ class ShortSSDFn(torch.autograd.Function):
                 num_warps=NUM_WARPS,
             )
             per_program = _heads_per_program(heads // groups, ROWS_HEADS_LIMIT)
-            bwd_rows_kernel[(plan.tiles, blocks, heads // per_program)](
+            kernels.bwd_rows[(plan.tiles, blocks, heads // per_program)](
                 x, B, C, cb, dt, cs, dy, rowsum, dB, dC, plan.seq_start, plan.tile_start, plan.tile_end,
                 x.stride(0), x.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                 dy.stride(0), dy.stride(1), dB.stride(0), dB.stride(1), dt.stride(0), dt.stride(1),
@@ -305,30 +317,55 @@ class ShortSSDFn(torch.autograd.Function):
                 HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=blocks, BT=plan.block_t,
                 DOT_PRECISION=precision, num_warps=ROWS_WARPS,
             )
-        # d cs_t = sum_s dlogL[t, s] - sum_t' dlogL[t', t]; a_r enters every cs_t of its sequence with t >= r, so
-        # da_r = sum_{r <= t < seq_end_r} dcs_t = E[seq_end_r] - E[r], E the exclusive prefix sum over the row
-        # (float64: the terms of one sequence nearly cancel). The scan runs along the contiguous dimension of an
-        # (H, T) copy: torch scans dim 0 of a (T, H) tensor with one sequential thread per column, 2.5 ms a layer
-        # at 13k tokens on an H200 (37 % of a training step, bin/profile-training-step).
-        dcs = (rowsum - colsum).t().double().contiguous()  # (H, T)
-        prefix = dcs.new_zeros(heads, tokens + 1)
-        prefix[:, 1:] = torch.cumsum(dcs, 1)
-        # (T, H) float64, restarted at each sequence end; contiguous again: a transposed view here made every later
-        # op, and the dt_raw gradient flowing back into in_proj's backward, strided (about 60 ms of uncoalesced
-        # copies a training step of mamba2-780m at 13k tokens, H200)
-        da = (prefix[:, plan.seq_end] - prefix[:, :-1]).t().contiguous()
-        ddt = ddt_x + da.float() * A
-        dA = (da * dt.double()).sum(0)  # float64: the terms of one sequence nearly cancel
-        v = dt_raw.float() + (dt_bias.float() if dt_bias is not None else 0.0)
-        soft = F.softplus(v)
-        inside = (soft >= ctx.dt_limit[0]) & (soft <= ctx.dt_limit[1])
-        ddt_raw = torch.where(inside, ddt, 0.0) * torch.where(v <= SOFTPLUS_THRESHOLD, torch.sigmoid(v), 1.0)
-        if plan.long_tokens:  # long-sequence tokens are not ours: the chunked kernel gives their gradients
-            ddt_raw[plan.long_index] = 0.0
-        ddt_bias = ddt_raw.double().sum(0).to(dt_bias.dtype) if dt_bias is not None else None
-        dD = ddd.double().sum(0).to(D.dtype) if D is not None else None
-        return (dx, ddt_raw.to(dt_raw.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, ddt_bias,
-                None, None, None)
+        ddt_raw, dA, ddt_bias, dD = dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan, ctx.dt_limit)
+        return (dx, ddt_raw, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD.to(D.dtype) if D is not None else None,
+                ddt_bias.to(dt_bias.dtype) if dt_bias is not None else None, None, None, None)
+
+
+def dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan: ShortSSDPlan, dt_limit
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`dt_chain_reference` on the tile tokens of `plan` by `bwd_dt_kernel` (ddt_raw 0 at long-sequence tokens):
+    (ddt_raw in dt_raw's dtype, dA, ddt_bias, dD float64). rowsum, colsum, ddt_x, ddd: contiguous (T, H) fp32."""
+    heads = rowsum.shape[1]
+    ddt_raw = torch.zeros(dt_raw.shape, device=dt_raw.device, dtype=dt_raw.dtype)
+    partials = torch.zeros(3, max(plan.tiles, 1), heads, device=dt_raw.device, dtype=torch.float64)
+    if plan.tiles:
+        import triton
+
+        heads_block = min(16, triton.next_power_of_2(heads))
+        _kernels().bwd_dt[(plan.tiles, triton.cdiv(heads, heads_block))](
+            rowsum, colsum, ddt_x, ddd, dt, dt_raw, dt_bias if dt_bias is not None else A, A, plan.seq_end,
+            plan.tile_start, plan.tile_end, ddt_raw, partials[0], partials[1], partials[2],
+            dt_raw.stride(0), dt.stride(0), dt.stride(1), ddt_raw.stride(0), heads,
+            float(dt_limit[0]), float(dt_limit[1]),
+            BT=plan.block_t, HB=heads_block, HAS_BIAS=dt_bias is not None, num_warps=4,
+        )
+    dA, ddt_bias, dD = partials.sum(1).unbind(0)  # float64 sums of the tiles' sums
+    return ddt_raw, dA, ddt_bias, dD
+
+
+def dt_chain_reference(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, seq_end, dt_limit,
+                       long_index=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What `bwd_dt_kernel` computes, in torch on (T, H) tensors: (ddt_raw, dA, ddt_bias, dD) float64 sums, from
+    the other backward kernels' row sums, column sums, ddt_x = x . dXdt and ddd = x . dY per token and head.
+
+    d cs_t = sum_s dlogL[t, s] - sum_t' dlogL[t', t]; a_r enters every cs_t of its sequence with t >= r, so
+    da_r = sum_{r <= t < seq_end_r} d cs_t = E[seq_end_r] - E[r], E the exclusive prefix sum over the row (float64:
+    the terms of one sequence nearly cancel)."""
+    tokens, heads = rowsum.shape
+    dcs = (rowsum - colsum).t().double().contiguous()  # (H, T)
+    prefix = dcs.new_zeros(heads, tokens + 1)
+    prefix[:, 1:] = torch.cumsum(dcs, 1)
+    da = (prefix[:, seq_end] - prefix[:, :-1]).t()  # (T, H)
+    ddt = ddt_x + da.float() * A
+    dA = (da * dt.double()).sum(0)
+    v = dt_raw.float() + (dt_bias.float() if dt_bias is not None else 0.0)
+    soft = F.softplus(v)
+    inside = (soft >= dt_limit[0]) & (soft <= dt_limit[1])
+    ddt_raw = torch.where(inside, ddt, 0.0) * torch.where(v <= SOFTPLUS_THRESHOLD, torch.sigmoid(v), 1.0)
+    if long_index is not None:
+        ddt_raw[long_index] = 0.0
+    return ddt_raw, dA, ddt_raw.double().sum(0), ddd.double().sum(0)
 
 
 def ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan,

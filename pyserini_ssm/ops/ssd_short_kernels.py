@@ -19,6 +19,7 @@ class ShortSSDKernels(NamedTuple):
     fwd_wide: Any
     bwd_columns: Any
     bwd_rows: Any
+    bwd_dt: Any
 
 
 @functools.cache
@@ -396,5 +397,47 @@ def triton_kernels():
                           mask=col_ok[:, None])
         tl.atomic_add(dC_ptr + rows[:, None] * s_db_t + g * s_db_g + offs_n[None, :], dC, mask=row_ok[:, None])
 
+    @triton.jit
+    def bwd_dt_kernel(rowsum_ptr, colsum_ptr, ddt_x_ptr, ddd_ptr, dt_ptr, dt_raw_ptr, bias_ptr, A_ptr, seq_end_ptr,
+                      tile_start_ptr, tile_end_ptr, ddt_raw_ptr, da_dt_ptr, dbias_ptr, dd_ptr,
+                      s_dtr_t, s_dt_t, s_dt_h, s_out_t, heads, dt_min, dt_max,
+                      BT: tl.constexpr, HB: tl.constexpr, HAS_BIAS: tl.constexpr):
+        # One program per (tile, block of HB heads): the cumulative-sum chain of the backward on the tile's tokens.
+        # d cs = rowsum - colsum; da_r = sum of d cs over r <= t < seq_end_r (float64: the terms of one sequence
+        # nearly cancel), from the tile's inclusive prefix P as P[seq_end_r - 1] - P[r] + d cs_r; ddt = ddt_x + da A
+        # through the clamp and the softplus to ddt_raw; per-tile sums of da dt (dA), ddt_raw (dt_bias), ddd (dD).
+        tile = tl.program_id(0)
+        offs_h = tl.program_id(1) * HB + tl.arange(0, HB)
+        ts = tl.load(tile_start_ptr + tile)
+        te = tl.load(tile_end_ptr + tile)
+        rows = ts + tl.arange(0, BT)
+        row_ok = rows < te
+        head_ok = offs_h < heads
+        ok = row_ok[:, None] & head_ok[None, :]
+        th = rows[:, None] * heads + offs_h[None, :]  # the (T, H) fp32 buffers of the other backward kernels
+        dcs = (tl.load(rowsum_ptr + th, mask=ok, other=0.0) - tl.load(colsum_ptr + th, mask=ok, other=0.0))
+        dcs = dcs.to(tl.float64)
+        prefix = tl.cumsum(dcs, axis=0)
+        last = tl.load(seq_end_ptr + rows, mask=row_ok, other=ts + 1).to(tl.int32) - 1 - ts  # in [0, BT)
+        at_last = tl.gather(prefix, tl.broadcast_to(last[:, None], (BT, HB)), axis=0)
+        da = tl.where(ok, at_last - prefix + dcs, 0.0)
+        dt = tl.load(dt_ptr + rows[:, None] * s_dt_t + offs_h[None, :] * s_dt_h, mask=ok, other=0.0)
+        a = tl.load(A_ptr + offs_h, mask=head_ok, other=0.0)
+        ddt = tl.load(ddt_x_ptr + th, mask=ok, other=0.0) + da.to(tl.float32) * a[None, :]
+        v = tl.load(dt_raw_ptr + rows[:, None] * s_dtr_t + offs_h[None, :], mask=ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            v += tl.load(bias_ptr + offs_h, mask=head_ok, other=0.0).to(tl.float32)[None, :]
+        soft = tl.where(v <= 20.0, tl.log(tl.exp(v) + 1.0), v)  # as dt_cumsum_kernel
+        inside = (soft >= dt_min) & (soft <= dt_max)
+        ddt_raw = tl.where(inside & ok, ddt, 0.0) * tl.where(v <= 20.0, tl.sigmoid(v), 1.0)
+        tl.store(ddt_raw_ptr + rows[:, None] * s_out_t + offs_h[None, :], ddt_raw.to(ddt_raw_ptr.dtype.element_ty),
+                 mask=ok)
+        out = tile * heads + offs_h
+        tl.store(da_dt_ptr + out, tl.sum(da * dt.to(tl.float64), axis=0), mask=head_ok)
+        tl.store(dbias_ptr + out, tl.sum(ddt_raw.to(tl.float64), axis=0), mask=head_ok)
+        ddd = tl.load(ddd_ptr + th, mask=ok, other=0.0).to(tl.float64)
+        tl.store(dd_ptr + out, tl.sum(ddd, axis=0), mask=head_ok)
+
     return ShortSSDKernels(dt_cumsum=dt_cumsum_kernel, cb=cb_kernel, fwd=fwd_kernel, fwd_factored=fwd_factored_kernel,
-                           fwd_wide=fwd_wide_kernel, bwd_columns=bwd_columns_kernel, bwd_rows=bwd_rows_kernel)
+                           fwd_wide=fwd_wide_kernel, bwd_columns=bwd_columns_kernel, bwd_rows=bwd_rows_kernel,
+                           bwd_dt=bwd_dt_kernel)
