@@ -1,0 +1,54 @@
+#!/bin/bash
+# Issue 13's device measurements, one stage per device call (each under 10 minutes on an H200), from the
+# repository root, carrying .gpu and .device-data (docs/BENCHMARKS.md, "Third session"). Every stage writes its raw
+# output under OUT and prints the lines the docs quote.
+#   tests OUT       the GPU tests of the short SSD and the packed conv (about 200 s each file)
+#   train OUT       packed LCE training, mamba2-780m (short SSD) and llama-780m in one process, 128 and 384 pairs
+#                   per step, then Mamba-2 alone at 512 (GROUPS_MAMBA, default 64 groups of 8)
+#   infer OUT       bin/bench-short-ssd: stock vs short SSD vs short SSD in FP8, packed and Reranker.predict
+#   cli OUT         the rerank CLI on 43,000 DL19-like pairs (bin/make-top1000-like), bf16 then fp8, each run twice
+#                   so that the second is warm (the first process on a machine compiles the Triton kernels)
+set -o pipefail
+what=$1
+out=${2:-${OUT:-out}}
+C=.device-data/retrieve_results_dl19.bm25.top100.json.gz
+mkdir -p "$out"
+bash .gpu/install-on-device.sh >/dev/null 2>&1 || { echo "install-on-device failed"; exit 1; }
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+case "$what" in
+tests)
+    for file in tests/test_ssd_short.py tests/test_conv_packed.py; do
+        timeout 280 python3 -m pytest -q -m gpu "$file" > "$out/tests-$(basename "$file" .py).txt" 2>&1
+        tail -1 "$out/tests-$(basename "$file" .py).txt"
+    done
+    ;;
+train)
+    timeout 330 python3 bin/profile-training-step $C --models mamba2-780m:short,llama-780m --groups 16,48 \
+        --steps 6 --rows 0 > "$out/train.txt" 2>&1
+    grep "^==" "$out/train.txt"
+    timeout 200 python3 bin/profile-training-step $C --models mamba2-780m:short --groups "${GROUPS_MAMBA:-64}" \
+        --steps 4 --rows 0 > "$out/train-mamba-large.txt" 2>&1
+    grep "^==" "$out/train-mamba-large.txt"
+    ;;
+infer)
+    timeout 560 python3 bin/bench-short-ssd $C --no-training --fp8 > "$out/bench.txt" 2>&1
+    grep -v "^ \|^-" "$out/bench.txt" | tail -6
+    ;;
+cli)
+    python3 bin/make-top1000-like $C /tmp/t1k.json.gz
+    [ -d /tmp/m2 ] || python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
+        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
+    for dtype in bf16 fp8; do
+        for run in 1 2; do
+            timeout 120 python3 -m pyserini_ssm.rerank --model /tmp/m2 --no-progress --candidates /tmp/t1k.json.gz \
+                --dtype $dtype --output /tmp/r.$dtype.txt > "$out/cli-$dtype-$run.txt" 2>&1
+            echo "$dtype run $run: $(grep scored "$out/cli-$dtype-$run.txt")"
+        done
+    done
+    ;;
+*)
+    echo "usage: bin/gpu-issue13.sh tests|train|infer|cli OUT" >&2
+    exit 2
+    ;;
+esac
