@@ -288,9 +288,7 @@ class MambaFamily(FamilyAdapter):
 
     def hidden_states(self, model: Any, batch: dict[str, Any]) -> Any:
         # Right padding: a causal scan never lets padding reach the real tokens, so no mask is needed.
-        if "seq_idx" not in batch:
-            return model.backbone(batch["input_ids"])
-        return model.backbone(batch["input_ids"], seq_idx=batch["seq_idx"],
+        return model.backbone(batch["input_ids"], seq_idx=batch.get("seq_idx"),
                               sequence_lengths=batch.get("sequence_lengths"))
 
     def packed_pooled(self, model: Any, batch: dict[str, Any]) -> Any:

@@ -140,9 +140,8 @@ class MambaBackbone(nn.Module):
                 seq_idx, attention_mask = attention_mask.to(torch.int32), None  # padding id 0, tokens id 1
         dtype = self.model.embeddings.weight.dtype
         if self.backend == "cuda":
-            lengths = sequence_lengths if seq_idx is not None and attention_mask is None else None
             return self.model(input_ids, seq_idx=seq_idx, output_positions=output_positions,
-                              sequence_lengths=lengths).to(dtype)
+                              sequence_lengths=sequence_lengths).to(dtype)
         if seq_idx is not None:
             hidden = self._torch_packed(input_ids, seq_idx)
         else:

@@ -293,8 +293,8 @@ class ShortSSDFn(torch.autograd.Function):
         if plan.long_index is not None:
             dx[plan.long_index] = 0  # the chunked kernel's gradient is added there by autograd
         # Every (T, H) buffer is read only at tile tokens; rowsum, dB and dC take atomic adds, so they start at 0.
-        # One allocation each for the written and the accumulated ones: fewer launches (the host sets the pace of
-        # a training step at 13k tokens).
+        # The three written buffers share one allocation and dB/dC another: fewer launches (the host sets the pace
+        # of a training step at 13k tokens).
         ddt_x, colsum, ddd = torch.empty(3, tokens, heads, device=x.device, dtype=torch.float32).unbind(0)
         rowsum = torch.zeros(tokens, heads, device=x.device, dtype=torch.float32)
         dB, dC = torch.zeros(2, tokens, groups, state, device=x.device, dtype=torch.float32).unbind(0)
