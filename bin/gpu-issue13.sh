@@ -8,6 +8,8 @@
 #   infer OUT       bin/bench-short-ssd: stock vs short SSD vs short SSD in FP8, packed and Reranker.predict
 #   cli OUT         the rerank CLI on 43,000 DL19-like pairs (bin/make-top1000-like), bf16 then fp8, each run twice
 #                   so that the second is warm (the first process on a machine compiles the Triton kernels)
+#   all OUT         the fourth session's single call: GPU tests of ops.rmsnorm and the model path,
+#                   bin/profile-predict (bf16, FP8), training at 128 and 384 pairs, the CLI in FP8 if time is left
 set -o pipefail
 what=$1
 out=${2:-${OUT:-out}}
@@ -47,8 +49,29 @@ cli)
         done
     done
     ;;
+all)
+    # the fourth session's last call (under 8 minutes): GPU tests of the new norms, the FP8 quantisers and the model
+    # path; training against llama-780m at 128 and 384 pairs; predict against packed (bf16, FP8); then the CLI in
+    # FP8 if the time allows
+    timeout 60 python3 -m pytest -q -m gpu tests/test_rmsnorm.py tests/test_fp8.py tests/test_ssd_short.py \
+        -k "rmsnorm or triton_quantiser or model_scores" > "$out/gpu-tests.txt" 2>&1
+    tail -1 "$out/gpu-tests.txt"
+    timeout 200 python3 bin/profile-training-step $C --models mamba2-780m:short,llama-780m --groups 16,48 \
+        --steps 3 --rows 0 > "$out/train.txt" 2>&1
+    grep "^==" "$out/train.txt"
+    timeout 150 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 2 > "$out/predict.txt" 2>&1
+    grep -v "^  *forward" "$out/predict.txt"
+    if [ "$SECONDS" -lt 420 ]; then
+        python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
+        timeout 40 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
+            --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
+        timeout 45 python3 -m pyserini_ssm.rerank --model /tmp/m2 --no-progress --candidates /tmp/t1k.json.gz \
+            --dtype fp8 --output /tmp/r.fp8.txt > "$out/cli-fp8.txt" 2>&1
+        echo "fp8: $(grep scored "$out/cli-fp8.txt")"
+    fi
+    ;;
 *)
-    echo "usage: bin/gpu-issue13.sh tests|train|infer|cli OUT" >&2
+    echo "usage: bin/gpu-issue13.sh tests|train|infer|cli|all OUT" >&2
     exit 2
     ;;
 esac

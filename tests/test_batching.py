@@ -97,3 +97,37 @@ def test_scatter_scores_rejects_gaps_duplicates_and_size_mismatches():
         scatter_scores([[0], [0]], [[1.0], [2.0]], 1)
     with pytest.raises(ValueError, match="got 1 scores"):
         scatter_scores([[0, 1]], [[1.0]], 2)
+
+
+def test_row_packer_keeps_the_part_full_row_for_the_next_piece_until_flushed():
+    from pyserini_ssm.ops.batching import RowPacker
+
+    packer = RowPacker(100)
+    packer.add(["a", "b", "c"], [60, 30, 50])
+    assert packer.rows() == [["a"]]  # longest first: a | c, b (80 tokens, part-full: it waits)
+    assert packer.waiting == 2
+    packer.add(["d", "e"], [20, 45])
+    assert packer.rows() == [["c", "e"]]  # c, e (95) | b, d (50) waits
+    assert packer.rows(flush=True) == [["b", "d"]] and packer.waiting == 0
+    assert packer.rows(flush=True) == []
+    packer.add(["x"], [7])
+    assert packer.rows() == [] and packer.rows(flush=True) == [["x"]]
+    with pytest.raises(ValueError, match="2 keys for 1 lengths"):
+        packer.add(["y", "z"], [3])
+
+
+@given(st.lists(st.lists(st.integers(1, 120), max_size=12), max_size=6), st.integers(50, 300))
+def test_row_packer_rows_cover_every_key_once_within_budget(pieces, budget):
+    from pyserini_ssm.ops.batching import RowPacker
+
+    packer = RowPacker(budget)
+    rows, lengths = [], {}
+    for number, piece in enumerate(pieces):
+        keys = [(number, index) for index in range(len(piece))]
+        lengths.update(zip(keys, piece))
+        packer.add(keys, piece)
+        rows += packer.rows(flush=number % 2 == 1)
+    rows += packer.rows(flush=True)
+    flat = [key for row in rows for key in row]
+    assert sorted(flat) == sorted(lengths) and len(flat) == len(set(flat))
+    assert all(len(row) == 1 or sum(lengths[key] for key in row) <= budget for row in rows)

@@ -72,6 +72,44 @@ def test_predict_stream_equals_predict_per_list_and_takes_one_list_ahead(bert):
         np.testing.assert_allclose(scores, bert.predict(pairs, batch_size=3), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("device_busy", [False, True])
+def test_packed_stream_cuts_rows_across_lists_and_matches_predict_per_list(bert, monkeypatch, device_busy):
+    """The packed path of predict_stream (forced on the CPU: BERT's per-sequence varlen reference). With a busy
+    device (the rows' copies never done) part-full rows wait for the next list: fewer forwards than lists."""
+    from pyserini_ssm.models import reranker as reranker_module
+
+    lists = [[(f"query {k}", DOCUMENTS[(k + i) % len(DOCUMENTS)]) for i in range(k % 3 + 1)] for k in range(7)]
+    lists.insert(3, [])
+    expected = [bert.predict(pairs, batch_size=3) for pairs in lists]
+    taken, forwards = [], []
+
+    def producer():
+        for pairs in lists:
+            taken.append(len(pairs))
+            yield pairs
+
+    monkeypatch.setattr(bert, "pack", True)
+    if device_busy:
+        monkeypatch.setattr(reranker_module._QueuedRow, "done", lambda row: False)
+    hook = bert.model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        stream = bert.predict_stream(producer(), batch_size=3, max_tokens=200)
+        first = next(stream)
+        # list 1 taken; list 3 at most: list 0's part-full row waits for list 1's pairs, and its scores for a
+        # row queued behind it (list 2's)
+        assert 2 <= len(taken) <= 4
+        results = [first, *stream]
+    finally:
+        hook.remove()
+    assert [len(scores) for scores in results] == [len(pairs) for pairs in lists]
+    for scores, reference in zip(results, expected):
+        np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-5)
+    if device_busy:
+        assert len(forwards) < sum(1 for pairs in lists if pairs)
+    else:
+        assert len(forwards) >= sum(1 for pairs in lists if pairs)  # an idle device never waits for a fuller row
+
+
 def test_rerank_accepts_hits_dicts_and_pyserini_results(bert):
     query = "what is a cat"
     hits = [Hit(f"d{index}", 10.0 - index, text) for index, text in enumerate(DOCUMENTS)]

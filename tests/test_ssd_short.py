@@ -72,6 +72,21 @@ def test_plan_from_host_lengths_is_the_plan_from_seq_idx():
             plan_short_ssd(seq_idx, tokens, torch.device("cpu"), block_t=32, lengths=bad)
 
 
+def test_plan_grows_the_tile_to_the_longest_sequence_up_to_the_cap():
+    """A row with one 33-token sequence runs in 64-token tiles (no chunked scan); past the cap it stays long."""
+    from pyserini_ssm.ops.ssd_short import grown_block_t, plan_short_ssd
+
+    assert [grown_block_t(n, 32, 128) for n in (1, 32, 33, 64, 65, 128, 129, 1000)] == [32, 32, 64, 64, 128, 128,
+                                                                                     128, 128]
+    assert grown_block_t(300, 512, 256) == 512  # a cap below the base leaves the base
+    lengths = (1, 32, 5, 33, 20, 12, 2, 1)
+    grown = plan_short_ssd(None, sum(lengths), torch.device("cpu"), block_t=32, lengths=lengths, max_block_t=64)
+    assert (grown.block_t, grown.long_sequences, grown.long_index) == (64, 0, None)
+    assert grown.tile_start.tolist() == [0, 38, 91] and grown.tile_end.tolist() == [38, 91, 106]
+    capped = plan_short_ssd(None, 140, torch.device("cpu"), block_t=32, lengths=(40, 100), max_block_t=64)
+    assert (capped.block_t, capped.long_sequences, capped.long_tokens) == (64, 1, 100)
+
+
 def test_fused_adamw_only_for_cuda_floating_parameters():
     from pyserini_ssm.training.loop import fused_adamw_applies
 
@@ -242,10 +257,12 @@ def test_interpreted_dt_chain_kernel_matches_its_torch_reference():
 
 
 @pytest.mark.gpu
-def test_gpu_dt_chain_kernel_matches_its_torch_reference():
+@pytest.mark.parametrize("block_t", [256, 512])
+def test_gpu_dt_chain_kernel_matches_its_torch_reference(block_t):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    errors = compare_dt_chain([1, 256, 5, 257, 20, 101, 2, 1, 400, 7, 99], 256, (0.2, 1.5), device="cuda")
+    errors = compare_dt_chain([1, 256, 5, 257, 20, 101, 2, 1, 400, 7, 99, 512, 513], block_t, (0.2, 1.5),
+                              device="cuda")
     for name, error in errors.items():
         assert error < 1e-6, (name, errors)
 
@@ -263,9 +280,10 @@ VS_MAMBA_TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 3e-2}
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_kernel_matches_reference(dtype):
-    errors = compare_with_reference(GPU_LENGTHS, 256, device="cuda", dtype=dtype)
-    print("short SSD vs float64", dtype, errors)
+@pytest.mark.parametrize("block_t", [256, 512])  # 512: the tile a row with a 257..512-token pair grows to
+def test_gpu_kernel_matches_reference(dtype, block_t):
+    errors = compare_with_reference(GPU_LENGTHS + [512, 513, 300], block_t, device="cuda", dtype=dtype)
+    print("short SSD vs float64", dtype, block_t, errors)
     assert errors["y_long_zero"]
     for name in ("y",) + GRAD_NAMES:
         assert errors[name] < GPU_TOLERANCE[dtype], (name, errors)
@@ -338,7 +356,7 @@ def test_gpu_model_scores_match_the_stock_path():
     torch.manual_seed(0)
     backbone = build_mamba_backbone(config, backend="cuda", device="cuda")
     kernel = backbone.model
-    lengths = [1, 256, 257, 30, 80, 3, 300, 120]
+    lengths = [1, 256, 257, 30, 80, 3, 300, 120, 600]  # 512-token tiles; the 600-token pair: the chunked scan
     input_ids = torch.randint(1, config.vocab_size, (1, sum(lengths)), device="cuda")
     seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
                                       torch.tensor(lengths)).cuda()[None]
@@ -353,7 +371,8 @@ def test_gpu_model_scores_match_the_stock_path():
     stock, ours = outputs["mamba_ssm"], outputs["short"]
     error = float((ours - stock).abs().max() / stock.abs().max())
     print("tiny model fp32, short vs stock:", error, outputs["short-kernels"])
-    assert outputs["short-kernels"].startswith("short-ssd")
+    assert outputs["short-kernels"].startswith("short-ssd") and "<= 512 tokens" in outputs["short-kernels"]
+    assert "mamba_chunk_scan_combined (1 sequences" in outputs["short-kernels"]
     assert outputs["mamba_ssm-kernels"].startswith("mamba_ssm")
     assert error <= 1e-4
     assert torch.allclose(outputs["short-pooled"], ours, rtol=1e-5, atol=1e-5)

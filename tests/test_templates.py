@@ -154,3 +154,20 @@ def test_rankmamba_decoder_template_matches_their_string(bpe):
     encoded = PairEncoder(bpe, "rankmamba-decoder", 512).encode(QUERY, DOCUMENT)
     reference = bpe("Document: " + DOCUMENT + "\n\nQuery: " + QUERY + bpe.eos_token, add_special_tokens=False)
     assert encoded.input_ids == reference["input_ids"]
+
+
+def test_backend_token_ids_equal_the_tokenizer_call_and_fall_back_when_it_truncates(bpe, bert):
+    """PairEncoder's direct call of the Rust backend gives transformers' ids (accents, CJK, emoji, whitespace runs,
+    a text that looks like a special token); a backend left truncating takes the tokenizer call instead."""
+    texts = [DOCUMENT, "Café naïve résumé — “quotes”", "東京は日本の首都です", "emoji 🙂 ok", "  spaced   out  ",
+             "[SEP] <|endoftext|> literal", "x" * 3000]
+    for tokenizer, template in [(bpe, "ssm"), (bert, "encoder")]:
+        encoder = PairEncoder(tokenizer, template, 128)
+        assert encoder._token_ids(texts) == [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    backend = bert.backend_tokenizer
+    backend.enable_truncation(5)
+    try:
+        encoder = PairEncoder(bert, "encoder", 128)
+        assert all(len(ids) > 5 for ids in encoder._token_ids([DOCUMENT, "x " * 40]))  # not the backend's cut
+    finally:
+        backend.no_truncation()

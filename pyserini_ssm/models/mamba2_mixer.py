@@ -4,8 +4,9 @@
     in_proj (module) -> depthwise causal conv + SiLU (restarted per sequence; `ops.conv_packed` in inference unless
     PYSERINI_SSM_CONV=causal_conv1d, causal_conv1d with seq_idx in training) -> SSD: ours for sequences of at most
     `plan.block_t` tokens,
-    mamba_ssm's `mamba_chunk_scan_combined` (seq_idx) for the longer ones -> gated RMSNorm (module: mamba_ssm's
-    `RMSNormGated`, norm(y * silu(z)) per group) -> out_proj (module)
+    mamba_ssm's `mamba_chunk_scan_combined` (seq_idx) for the longer ones -> gated RMSNorm, norm(y * silu(z)) per
+    group (`ops.rmsnorm.gated_rmsnorm` with one group and `lean_norm`, else the module: mamba_ssm's
+    `RMSNormGated`) -> out_proj (module)
 
 The projections are called as modules so that a replacement Linear (FP8) applies. `output_positions` computes the
 gated norm and out_proj only at those tokens (the last layer of a scorer that pools the last token of each pair).
@@ -56,11 +57,13 @@ def mamba2_mixer_forward(
     plan: ShortSSDPlan,
     seq_idx: torch.Tensor | None,
     output_positions: torch.Tensor | None = None,
+    lean_norm: bool = False,
 ) -> torch.Tensor:
-    """Mixer output (1, T, D) of a packed row `hidden` (1, T, D), or (1, K, D) at `output_positions` (K,)."""
+    """Mixer output (1, T, D) of a packed row `hidden` (1, T, D), or (1, K, D) at `output_positions` (K,).
+    `lean_norm`: the gated norm through `ops.rmsnorm` (one group) instead of the mixer's mamba_ssm module."""
     heads, head_dim, groups, state = mixer.nheads, mixer.headdim, mixer.ngroups, mixer.d_state
     d_ssm = mixer.d_ssm
-    tokens = hidden.shape[1]
+    tokens = hidden.shape[1]  # hidden: a tensor, or ops.fp8.QuantizedRows under FP8 (in_proj takes either)
     zxbcdt = mixer.in_proj(hidden)  # (1, T, 2 d_ssm + 2 G N + H)
     z, xbc, dt_raw = torch.split(zxbcdt, [d_ssm, d_ssm + 2 * groups * state, heads], dim=-1)
     # squeeze(0), never [0]: the backward of a select writes its gradient into a zeroed copy of the whole input (a
@@ -80,6 +83,14 @@ def mamba2_mixer_forward(
     y = y.view(1, tokens, d_ssm)
     if output_positions is not None:
         y, z = y[:, output_positions], z[:, output_positions]  # (1, K, d_ssm)
+    if lean_norm and mixer.norm.group_size in (None, d_ssm):
+        from pyserini_ssm.ops.fp8 import Fp8Linear
+        from pyserini_ssm.ops.rmsnorm import gated_rmsnorm
+
+        # under FP8 the norm writes out_proj's e4m3 input itself (inference only)
+        quantize = not torch.is_grad_enabled() and isinstance(mixer.out_proj, Fp8Linear)
+        return mixer.out_proj(gated_rmsnorm(y, z, mixer.norm.weight, mixer.norm.eps,
+                                            quantize=quantize))  # (1, T or K, D)
     return mixer.out_proj(mixer.norm(y, z))  # (1, T or K, D)
 
 

@@ -23,13 +23,25 @@ KERNEL_INSTALL_HINT = "pip install --no-build-isolation mamba-ssm causal-conv1d"
 # The SSD of packed Mamba-2 rows on the kernel backend: "short" (ops.ssd_short) or "mamba_ssm" (stock).
 SSD_BACKENDS = ("short", "mamba_ssm")
 SSD_BACKEND_ENV = "PYSERINI_SSM_SSD"
-# The short SSD's tile: the longest sequence it takes. Longer ones go to mamba_ssm's chunked scan on gathered
-# tokens: gathers, its forward and backward kernels and a scatter, extra launches in every layer of a step that the
-# host already paces at 128 pairs. PYSERINI_SSM_SSD_BLOCK_T=512 would take every pair of a 512-token reranker in
-# tiles; it has not been timed on a GPU. 256, the default, is what every GPU figure measured.
+# The short SSD's tile: 256 tokens, grown (powers of two) up to SHORT_SSD_MAX_BLOCK_T for a row whose longest
+# sequence needs it, so that every pair of a 512-token reranker runs in tiles. Longer sequences go to mamba_ssm's
+# chunked scan on gathered tokens: gathers, its kernels and a scatter in every layer. On an H200 (2026-12-02,
+# bin/profile-training-step and bin/profile-predict) a 128-pair training step holding one 279-token pair took
+# 272.7 ms in 512-token tiles against 350.3 ms through the chunked scan, and 4,096 DL19 pairs scored at 2,819
+# against 2,771 pairs/s.
 SHORT_SSD_BLOCK_T = int(os.environ.get("PYSERINI_SSM_SSD_BLOCK_T", "256"))
-if SHORT_SSD_BLOCK_T < 64 or SHORT_SSD_BLOCK_T & (SHORT_SSD_BLOCK_T - 1):
-    raise ValueError(f"PYSERINI_SSM_SSD_BLOCK_T must be a power of two >= 64, got {SHORT_SSD_BLOCK_T}")
+SHORT_SSD_MAX_BLOCK_T = int(os.environ.get("PYSERINI_SSM_SSD_MAX_BLOCK_T", "512"))
+for _name, _value in (("PYSERINI_SSM_SSD_BLOCK_T", SHORT_SSD_BLOCK_T),
+                      ("PYSERINI_SSM_SSD_MAX_BLOCK_T", SHORT_SSD_MAX_BLOCK_T)):
+    if _value < 64 or _value & (_value - 1):
+        raise ValueError(f"{_name} must be a power of two >= 64, got {_value}")
+
+
+# The RMSNorms of short-SSD rows (the residual add + RMSNorm between layers, the mixer's gated norm): "triton"
+# (ops.rmsnorm: lean launches, the host sets the pace of a 128-pair training step) or "mamba_ssm" (its layer_norm_fn
+# and RMSNormGated). The stock path always runs mamba_ssm's.
+NORM_BACKENDS = ("triton", "mamba_ssm")
+NORM_BACKEND_ENV = "PYSERINI_SSM_NORM"
 
 
 def ssd_backend_from_env() -> str:
@@ -96,7 +108,11 @@ class MambaKernelBackbone(nn.Module):
         # Which SSD runs packed Mamba-2 rows: "short" (ops.ssd_short, with mamba_ssm's chunked scan for sequences
         # longer than its tile) or "mamba_ssm" (the stock memory-efficient path). Settable at run time (benches).
         self.ssd_backend = ssd_backend_from_env()
+        self.norm_backend = os.environ.get(NORM_BACKEND_ENV, "triton")
+        if self.norm_backend not in NORM_BACKENDS:
+            raise UserError(f"{NORM_BACKEND_ENV}={self.norm_backend!r}: choose one of {', '.join(NORM_BACKENDS)}")
         self.ssd_block_t = SHORT_SSD_BLOCK_T
+        self.ssd_max_block_t = max(SHORT_SSD_MAX_BLOCK_T, SHORT_SSD_BLOCK_T)
         self.last_ssd_kernels: str | None = None  # what the last forward ran (read by the bench)
         self._short_ssd_warned = False
         if torch.device(device or "cpu").type != "meta":
@@ -185,29 +201,44 @@ class MambaKernelBackbone(nn.Module):
             seq_idx = seq_idx.to(device=input_ids.device, dtype=torch.int32).contiguous()
             mixer_kwargs["seq_idx"] = seq_idx
         plan = self._short_ssd_plan(input_ids, seq_idx, sequence_lengths)
+        lean_norms = plan is not None and self.norm_backend == "triton"
+        if lean_norms:
+            from pyserini_ssm.ops.fp8 import Fp8Linear
+            from pyserini_ssm.ops.rmsnorm import add_rmsnorm
+
+            # under FP8 the norm writes in_proj's e4m3 input itself (inference: no gradient through the codes)
+            quantize = not torch.is_grad_enabled() and isinstance(self.layers[0].mixer.in_proj, Fp8Linear)
         hidden = self.embeddings(input_ids)  # (B, L, D)
         residual = None
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            hidden, residual = self.layer_norm_fn(
-                hidden,
-                layer.norm.weight,
-                None,
-                residual=residual,
-                prenorm=True,
-                residual_in_fp32=self.residual_in_fp32,
-                eps=layer.norm.eps,
-                is_rms_norm=True,
-            )
+            if lean_norms:
+                hidden, residual = add_rmsnorm(hidden, residual, layer.norm.weight, layer.norm.eps,
+                                               residual_in_fp32=self.residual_in_fp32, quantize=quantize)
+            else:
+                hidden, residual = self.layer_norm_fn(
+                    hidden,
+                    layer.norm.weight,
+                    None,
+                    residual=residual,
+                    prenorm=True,
+                    residual_in_fp32=self.residual_in_fp32,
+                    eps=layer.norm.eps,
+                    is_rms_norm=True,
+                )
             if plan is None:
                 hidden = layer.mixer(hidden, **mixer_kwargs)  # (B, L, D)
                 continue
             from pyserini_ssm.models.mamba2_mixer import mamba2_mixer_forward
 
             positions = output_positions if index == last else None
-            hidden = mamba2_mixer_forward(layer.mixer, hidden, plan, seq_idx, positions)  # (1, L or K, D)
+            hidden = mamba2_mixer_forward(layer.mixer, hidden, plan, seq_idx, positions,
+                                          lean_norm=lean_norms)  # (1, L or K, D)
             if positions is not None:
                 residual = residual[:, positions]
+        if lean_norms:
+            return add_rmsnorm(hidden, residual, self.norm_f.weight, self.norm_f.eps,
+                               residual_in_fp32=self.residual_in_fp32)[0]
         out = self.layer_norm_fn(
             hidden,
             self.norm_f.weight,
@@ -246,7 +277,8 @@ class MambaKernelBackbone(nn.Module):
             self.last_ssd_kernels = f"{stock} (short SSD unsupported: {reason})"
             return None
         plan = plan_short_ssd(seq_idx, input_ids.shape[1], input_ids.device, block_t=self.ssd_block_t,
-                              lengths=sequence_lengths if seq_idx is not None else None)
+                              lengths=sequence_lengths if seq_idx is not None else None,
+                              max_block_t=max(self.ssd_max_block_t, self.ssd_block_t))
         if plan.tiles == 0 and type(self.layers[0].mixer.out_proj) is nn.Linear:
             # Every sequence is longer than a tile: the short SSD has nothing to do, and mamba_ssm's fused path
             # (conv, scan and out_proj in one autograd function) beats our mixer around its chunked scan. Under FP8
@@ -257,6 +289,8 @@ class MambaKernelBackbone(nn.Module):
         if plan.long_sequences:
             kernels += (f" + mamba_chunk_scan_combined ({plan.long_sequences} sequences > {plan.block_t} tokens, "
                         f"{plan.long_tokens} tokens)")
+        if self.norm_backend == "triton":
+            kernels += ", rmsnorm triton"
         self.last_ssd_kernels = kernels
         return plan
 

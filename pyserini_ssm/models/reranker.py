@@ -4,16 +4,19 @@
     scores = reranker.predict([("what is a cat", "A cat is ..."), ...])
     hits = reranker.rerank("what is a cat", pyserini_hits, depth=100)
 
-Inside `predict`: pairs are tokenized in chunks on a background thread (each query once, documents in one batched
-call) while the previous chunk is scored; each chunk is cut into packed rows without padding where the model
-packs on this device (Mamba-2 on the mamba-ssm kernels; decoder and encoder transformers on CUDA in bf16/fp16,
-through varlen attention: `models.scoring.packing_support`), else into length-sorted padded batches; scores go back
-to input order. A CUDA out-of-memory error halves the
-batch and carries on.
+Inside `predict`: pairs are tokenized in pieces on a background thread (each query once, documents in one batched
+call) while earlier pieces are scored. Where the model packs on this device (Mamba-2 on the mamba-ssm kernels;
+decoder and encoder transformers on CUDA in bf16/fp16, through varlen attention: `models.scoring.packing_support`)
+packed rows without padding are cut across pieces and queued without waiting for the device (`predict_stream`);
+elsewhere each chunk is cut into length-sorted padded batches. Scores go back to input order. A CUDA out-of-memory
+error halves the batch and carries on.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import gc
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +37,9 @@ from pyserini_ssm.models.families import family_adapter
 from pyserini_ssm.models.registry import ModelSpec
 from pyserini_ssm.models.scoring import ScoringModel, packing_support, widest_activation
 from pyserini_ssm.models.templates import PairEncoder, get_template
-from pyserini_ssm.ops.batching import length_sorted_batches, pack_batch, pack_sequences, pad_batch, scatter_scores
+from pyserini_ssm.ops.batching import (
+    RowPacker, length_sorted_batches, pack_batch, pack_sequences, pad_batch, scatter_scores,
+)
 from pyserini_ssm.runs import Hit, ranking_key
 
 logger = logging.getLogger(__name__)
@@ -100,6 +105,80 @@ def hit_fields(hit: Any) -> tuple[str, float, str | None]:
                     raw = document.get("contents")
         text = raw_document_text(raw) if raw is not None else None
     return str(docid), score, text
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside (reference counting still frees almost everything), as it was
+    after. A full collection of a process holding torch and transformers walks about 400,000 objects: 0.26 s on a
+    2-core CPU, a stretch in which no kernel is queued; on an H200 one left the GPU idle for 174 ms in the middle of
+    an FP8 `predict` (bin/profile-predict, 2026-12-02)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _QueuedRow:
+    """One packed row's scores: queued on the device, copied back without waiting (`done` polls the copy)."""
+
+    def __init__(self, keys: list[tuple[int, int]], host: torch.Tensor, event: Any) -> None:
+        self.keys = keys
+        self.host = host
+        self.event = event
+
+    @classmethod
+    def of(cls, keys: list[tuple[int, int]], values: torch.Tensor) -> "_QueuedRow":
+        values = values.detach().float().reshape(-1)
+        if values.device.type != "cuda":
+            return cls(keys, values.cpu(), None)
+        host = torch.empty(values.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(keys, host, event)
+
+    def done(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def wait(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
+
+
+class _ListScores:
+    """The scores of one list of `predict_stream`, gathered from the rows that hold its pairs."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.size = 0  # pairs tokenized so far
+        self.taken = False  # every piece tokenized: `size` is final
+        self.rows: list[_QueuedRow] = []
+        self._positions: list[list[int]] = []  # per row, this list's positions
+        self._scored = 0
+
+    def add(self, row: _QueuedRow, position: int) -> None:
+        if not self.rows or self.rows[-1] is not row:
+            self.rows.append(row)
+            self._positions.append([])
+        self._positions[-1].append(position)
+        self._scored += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.taken and self._scored == self.size
+
+    def scores(self) -> np.ndarray:
+        out = np.empty(self.size, dtype=np.float32)
+        for row, positions in zip(self.rows, self._positions):
+            host = row.wait().numpy()
+            mine = [index for index, key in enumerate(row.keys) if key[0] == self.number]
+            out[positions] = host[mine]
+        return out
 
 
 class Reranker:
@@ -247,7 +326,9 @@ class Reranker:
 
             progress = tqdm(total=total, unit="pair", desc=f"reranking ({self.spec.name})", dynamic_ncols=True)
         scores = np.empty(total, dtype=np.float32)
-        chunks = (pairs[start:end] for start, end in chunk_bounds(total))
+        # Packed rows: one list, which predict_stream tokenizes in pieces and cuts into rows across them. Padded
+        # batches are sorted within a list: chunks, each sorted and scored while the next one is tokenized.
+        chunks = [pairs] if self.pack else (pairs[start:end] for start, end in chunk_bounds(total))
         try:
             position = 0
             for chunk_scores in self.predict_stream(chunks, batch_size, max_tokens=max_tokens, progress=progress):
@@ -262,30 +343,97 @@ class Reranker:
                        max_tokens: int | None = None, progress: Any = None) -> Iterator[np.ndarray]:
         """`predict` for each list of pairs in turn, yielding each list's scores (input order) as it is done.
 
-        List k+1 is taken from `pair_lists` and tokenized in a background thread while list k is scored on the
-        device, so the GPU does not wait for the tokenizer between lists (`run_rerank` feeds one group of queries
-        at a time; `predict` feeds chunks of one call). Taking runs one list ahead: when the caller receives list
-        k's scores, list k+1 has been taken. `batch_size` and `max_tokens` as in `predict`; `progress` (a tqdm bar)
-        advances by the pairs scored.
+        Lists are tokenized in a background thread, in pieces (`chunk_bounds`: the first piece of the first list
+        small, so that the device starts early), while earlier pieces are scored. Where the model packs, rows are
+        cut across pieces and lists (`ops.batching.RowPacker`: a part-full row waits for the next piece while the
+        device has other work) and queued without waiting for the device; a list's scores are read back once a
+        later row is queued behind its last one, or at the end. So the device waits on the host neither between
+        pieces or lists nor on a pass of the cyclic garbage collector, paused meanwhile (`cyclic_gc_paused`).
+
+        Taking runs ahead: when the caller receives list k's scores, list k+1 has been taken, and at most list k+3
+        (k's last row waits for k+1's pairs, and its scores for a row behind it). `batch_size` and `max_tokens` as
+        in `predict`; `progress` (a tqdm bar) advances by the pairs queued.
         """
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, not {batch_size}")
         if not self.head_trained:
             self._warn_untrained()
         lists = iter(pair_lists)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-            def take() -> Any:
+        with cyclic_gc_paused(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+            first = True
+
+            def take() -> list[Any] | None:
+                """The futures of the next list's pieces (submitted now), or None at the end."""
+                nonlocal first
                 pairs = next(lists, None)
                 if pairs is None:
                     return None
-                return pool.submit(self.encoder.encode_many, pairs) if len(pairs) else False
+                bounds = chunk_bounds(len(pairs), first=FIRST_CHUNK if first else TOKENIZE_CHUNK)
+                first = first and not bounds
+                return [pool.submit(self.encoder.encode_many, pairs[start:end]) for start, end in bounds]
 
+            if self.pack:
+                yield from self._stream_packed(take, batch_size, max_tokens, progress)
+                return
             pending = take()
             while pending is not None:
-                encoded = pending.result() if pending is not False else []
+                encoded = [item for future in pending for item in future.result()]
                 pending = take()
                 yield (self.score_encoded(encoded, batch_size, max_tokens, progress) if encoded
                        else np.zeros(0, dtype=np.float32))
+
+    @torch.inference_mode()
+    def _stream_packed(self, take: Any, batch_size: int, max_tokens: int | None, progress: Any
+                       ) -> Iterator[np.ndarray]:
+        """`predict_stream`'s packed path: `take()` gives each list's tokenization futures in turn."""
+        self.model.eval()
+        packer = RowPacker(max_tokens or max(batch_size * self.max_length, PACKED_ROW_TOKENS),
+                           activation_width=self.activation_width)
+        lists: collections.deque[_ListScores] = collections.deque()
+        last_row: _QueuedRow | None = None  # the row queued last
+        encoded_of: dict[tuple[int, int], Any] = {}
+
+        def queue_rows(flush: bool) -> None:
+            nonlocal last_row
+            for keys in packer.rows(flush):
+                items = [encoded_of.pop(key) for key in keys]
+                for indices, values in self._score_group(items, list(range(len(items)))):
+                    row = last_row = _QueuedRow.of([keys[index] for index in indices], values)
+                    for list_number, position in row.keys:
+                        lists[list_number - lists[0].number].add(row, position)
+                if progress is not None:
+                    progress.update(len(keys))
+
+        def finished() -> Iterator[np.ndarray]:
+            """The lists at the head whose rows are all done or have a later row queued behind them (waiting for
+            those leaves the device busy)."""
+            while lists and lists[0].complete and all(row is not last_row or row.done() for row in lists[0].rows):
+                yield lists.popleft().scores()
+
+        pending = take()
+        number = 0
+        while pending is not None:
+            futures, pending = pending, take()
+            state = _ListScores(number)
+            lists.append(state)
+            for future in futures:
+                encoded = future.result()
+                keys = [(number, state.size + index) for index in range(len(encoded))]
+                state.size += len(encoded)
+                encoded_of.update(zip(keys, encoded))
+                packer.add(keys, [len(item.input_ids) for item in encoded])
+                idle = last_row is None or last_row.done()  # nothing queued on the device: do not keep it waiting
+                queue_rows(flush=idle)
+                yield from finished()
+            state.taken = True
+            # A list waits for the next one's pairs at most: the part-full row is cut once a newer list has come in.
+            if len(lists) > 1 and any(key[0] < number for key in packer.keys):
+                queue_rows(flush=True)
+            yield from finished()
+            number += 1
+        queue_rows(flush=True)
+        while lists:
+            yield lists.popleft().scores()
 
     @property
     def activation_width(self) -> int | None:
@@ -399,3 +547,4 @@ def describe(reranker: Reranker) -> str:
 
 __all__ = ["Reranker", "resolve_device", "resolve_dtype", "resolve_precision", "hit_fields", "describe",
            "init_untrained_head", "hf_backbone_for_saving"]
+

@@ -215,6 +215,20 @@ class PairEncoder:
         document_ids = self.tokenizer(self._field_text("document", document), add_special_tokens=False)["input_ids"]
         return self._assemble(query_ids, list(document_ids))
 
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens: what `tokenizer(texts, add_special_tokens=False)` gives.
+
+        A fast tokenizer's Rust backend is called directly when its state is what that call would set (no
+        truncation, no padding): transformers' per-text conversion of every field to Python lists is skipped.
+        That conversion holds the GIL, and `predict` tokenizes in a thread beside the one that queues the GPU's
+        kernels (tests/test_templates.py checks the ids are the same)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+        if (encode is not None and backend.truncation is None and backend.padding is None
+                and bool(backend.encode_special_tokens) == bool(getattr(self.tokenizer, "split_special_tokens", False))):
+            return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[EncodedPair]:
         """Encode many pairs: one batched tokenizer call for all documents, each distinct query once."""
         if not pairs:
@@ -236,12 +250,11 @@ class PairEncoder:
         # the word split by the cut is never kept); otherwise tokenize the whole text.
         character_cap = self.max_length * 8
         cut = [index for index, text in enumerate(documents) if len(text) > character_cap]
-        document_ids = self.tokenizer([text[:character_cap] for text in documents], add_special_tokens=False)[
-            "input_ids"]
+        document_ids = self._token_ids([text[:character_cap] for text in documents])
         redo = [index for index in cut
                 if len(document_ids[index]) < self.max_length - self.fixed_length - len(query_ids[index]) + 32]
         if redo:
-            full = self.tokenizer([documents[index] for index in redo], add_special_tokens=False)["input_ids"]
+            full = self._token_ids([documents[index] for index in redo])
             for index, ids in zip(redo, full):
                 document_ids[index] = ids
         return [self._assemble(q, list(d)) for q, d in zip(query_ids, document_ids)]

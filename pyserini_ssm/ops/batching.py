@@ -149,6 +149,42 @@ def pack_sequences(lengths: Sequence[int], token_budget: int, *,
     return rows
 
 
+class RowPacker:
+    """Packed rows cut from pairs that arrive in pieces (`pack_sequences` over what is waiting).
+
+    `add` takes a piece's keys and lengths; `rows(flush)` returns the rows to run now, longest first, as lists of
+    keys. Without `flush` the last, part-full row waits for the next piece, so that rows stay full across pieces;
+    the caller flushes when the device would otherwise wait (nothing queued on it) and at the end of the input.
+    """
+
+    def __init__(self, token_budget: int, *, activation_width: int | None = None) -> None:
+        if token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1, not {token_budget}")
+        self.token_budget = token_budget
+        self.activation_width = activation_width
+        self.keys: list[Any] = []
+        self.lengths: list[int] = []
+
+    @property
+    def waiting(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: Sequence[Any], lengths: Sequence[int]) -> None:
+        if len(keys) != len(lengths):
+            raise ValueError(f"{len(keys)} keys for {len(lengths)} lengths")
+        self.keys.extend(keys)
+        self.lengths.extend(int(length) for length in lengths)
+
+    def rows(self, flush: bool = False) -> list[list[Any]]:
+        if not self.keys:
+            return []
+        rows = pack_sequences(self.lengths, self.token_budget, activation_width=self.activation_width)
+        kept = [] if flush else rows.pop()  # pack_sequences's last row is the part-full one
+        ready = [[self.keys[index] for index in row] for row in rows]
+        self.keys, self.lengths = [self.keys[index] for index in kept], [self.lengths[index] for index in kept]
+        return ready
+
+
 def pack_batch(encoded: Sequence[Any], token_budget: int | None = None, device: Any = None) -> dict[str, Any]:
     """Concatenate sequences into one row without padding, for Mamba-2's `seq_idx` and varlen attention.
 

@@ -20,7 +20,7 @@ Scores change under FP8 (3 mantissa bits per operand): FP8 is opt-in (`--dtype f
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -90,6 +90,15 @@ def fp8_linear_reference(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale
     return out.to(out_dtype).reshape(*shape[:-1], weight_fp8.shape[0])
 
 
+class QuantizedRows(NamedTuple):
+    """An activation already quantised per row for an `Fp8Linear` (by the kernel that produced it, e.g. a norm in
+    `ops.rmsnorm`): codes q (M, K) float8_e4m3fn, scale (M, 1) fp32, and the shape (..., K) they stand for."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    shape: torch.Size
+
+
 class Fp8WeightError(AttributeError):
     """Raised when code reads `.weight` of an `Fp8Linear` (a fused kernel that takes weights, not modules)."""
 
@@ -141,14 +150,17 @@ class Fp8Linear(nn.Module):
         """The weight the layer computes with, in fp32 (N, K)."""
         return self.weight_fp8.float() * self.weight_scale.reshape(-1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape  # (..., K)
-        rows = x.reshape(-1, self.in_features)  # (M, K)
-        if not rows.is_contiguous():
-            rows = rows.contiguous()
-        if rows.shape[0] == 0:
-            return x.new_zeros(*shape[:-1], self.out_features, dtype=torch.bfloat16)
-        q, scale = quantize_rowwise(rows)  # (M, K) e4m3, (M, 1) fp32
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        if isinstance(x, QuantizedRows):  # quantised where it was produced
+            q, scale, shape = x
+        else:
+            shape = x.shape  # (..., K)
+            rows = x.reshape(-1, self.in_features)  # (M, K)
+            if not rows.is_contiguous():
+                rows = rows.contiguous()
+            if rows.shape[0] == 0:
+                return x.new_zeros(*shape[:-1], self.out_features, dtype=torch.bfloat16)
+            q, scale = quantize_rowwise(rows)  # (M, K) e4m3, (M, 1) fp32
         out = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
                                bias=self.bias, out_dtype=torch.bfloat16, use_fast_accum=True)  # (M, N)
         return out.reshape(*shape[:-1], self.out_features)
@@ -200,6 +212,6 @@ def fp8_linears(module: nn.Module) -> list[str]:
     return [name for name, child in module.named_modules() if isinstance(child, Fp8Linear)]
 
 
-__all__ = ["FP8_DTYPE", "FP8_MAX", "Fp8Linear", "Fp8WeightError", "quantize_rowwise", "quantize_rowwise_reference",
+__all__ = ["FP8_DTYPE", "FP8_MAX", "Fp8Linear", "QuantizedRows", "Fp8WeightError", "quantize_rowwise", "quantize_rowwise_reference",
            "dequantize_rowwise", "fp8_linear_reference", "convert_linears_to_fp8", "fp8_shape_ok", "fp8_linears",
            "quantizer_name"]

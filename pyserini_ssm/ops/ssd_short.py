@@ -97,6 +97,14 @@ def tile_sequences(lengths: np.ndarray, block_t: int) -> tuple[np.ndarray, np.nd
     return np.asarray(firsts, dtype=np.int64), np.asarray(ends, dtype=np.int64), is_long
 
 
+def grown_block_t(longest: int, block_t: int, max_block_t: int) -> int:
+    """The smallest power of two >= `block_t` that holds `longest` tokens, capped at `max_block_t` (longer
+    sequences stay outside the tiles)."""
+    while block_t < longest and block_t * 2 <= max_block_t:
+        block_t *= 2
+    return block_t
+
+
 @dataclass
 class ShortSSDPlan:
     """How one packed row (1, T) is split: tiles (token ranges of whole short sequences) and the long tokens."""
@@ -122,11 +130,16 @@ class ShortSSDPlan:
 
 
 def plan_short_ssd(seq_idx: torch.Tensor | None, tokens: int, device: torch.device,
-                   block_t: int = DEFAULT_BLOCK_T, lengths: Sequence[int] | None = None) -> ShortSSDPlan:
+                   block_t: int = DEFAULT_BLOCK_T, lengths: Sequence[int] | None = None,
+                   max_block_t: int | None = None) -> ShortSSDPlan:
     """The tiling of one row (1, T) from its `seq_idx` (runs of equal ids are sequences; None: one sequence), or
     from `lengths`, the host-side lengths of those runs when the caller has them. Without `lengths`, one
     device-to-host copy, which waits for the device to finish the work queued before (the last row): with
-    `lengths` the host queues this row while the device still runs the last one."""
+    `lengths` the host queues this row while the device still runs the last one.
+
+    The tile is `block_t` tokens, or with `max_block_t` the smallest power of two from `block_t` up to
+    `max_block_t` that holds the row's longest sequence: a row with one 300-token pair then runs in 512-token tiles
+    instead of sending that pair through mamba_ssm's chunked scan (gathers, its kernels and a scatter per layer)."""
     if lengths is not None:
         lengths = np.asarray(lengths, dtype=np.int64)
         if lengths.ndim != 1 or int(lengths.sum()) != tokens or (len(lengths) and lengths.min() < 1):
@@ -139,6 +152,8 @@ def plan_short_ssd(seq_idx: torch.Tensor | None, tokens: int, device: torch.devi
             raise ValueError(f"seq_idx has {ids.shape[0]} tokens, the row {tokens}")
         _, counts = torch.unique_consecutive(ids, return_counts=True)
         lengths = counts.cpu().numpy().astype(np.int64)
+    if max_block_t is not None and len(lengths):
+        block_t = grown_block_t(int(lengths.max()), block_t, max_block_t)
     starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
     first, end, is_long = tile_sequences(lengths, block_t)
@@ -195,13 +210,13 @@ def _check(x: torch.Tensor, B: torch.Tensor) -> None:
 def _dt_cumsum(dt_raw, dt_bias, A, plan: ShortSSDPlan, dt_limit) -> tuple[torch.Tensor, torch.Tensor]:
     dt_cumsum_kernel = _kernels().dt_cumsum
     tokens, heads = dt_raw.shape
-    # (T, H) views, 0 outside the tiles; stored (H, T) under DT_LAYOUT "ht" (per-head loads contiguous)
+    # (T, H) views, 0 outside the tiles (the kernel writes every tile token: with no long sequence, every token);
+    # stored (H, T) under DT_LAYOUT "ht" (per-head loads contiguous)
+    allocate = torch.zeros if plan.long_index is not None else torch.empty
     if DT_LAYOUT == "ht":
-        dt = torch.zeros(heads, tokens, device=dt_raw.device, dtype=torch.float32).t()
-        cs = torch.zeros(heads, tokens, device=dt_raw.device, dtype=torch.float32).t()
+        dt, cs = allocate(2, heads, tokens, device=dt_raw.device, dtype=torch.float32).transpose(1, 2).unbind(0)
     else:
-        dt = torch.zeros(tokens, heads, device=dt_raw.device, dtype=torch.float32)
-        cs = torch.zeros_like(dt)
+        dt, cs = allocate(2, tokens, heads, device=dt_raw.device, dtype=torch.float32).unbind(0)
     if plan.tiles:
         import triton
 
@@ -297,7 +312,8 @@ class ShortSSDFn(torch.autograd.Function):
         # of a training step at 13k tokens).
         ddt_x, colsum, ddd = torch.empty(3, tokens, heads, device=x.device, dtype=torch.float32).unbind(0)
         rowsum = torch.zeros(tokens, heads, device=x.device, dtype=torch.float32)
-        dB, dC = torch.zeros(2, tokens, groups, state, device=x.device, dtype=torch.float32).unbind(0)
+        dbc = torch.zeros(2, tokens, groups, state, device=x.device, dtype=torch.float32)
+        dB, dC = dbc.unbind(0)
         if plan.tiles:
             blocks = plan.block_t // BLOCK_M
             kernels.bwd_columns[(heads, blocks, plan.tiles)](
@@ -317,18 +333,27 @@ class ShortSSDFn(torch.autograd.Function):
                 HPP=per_program, P=head_dim, N=state, BM=BLOCK_M, NB=blocks, BT=plan.block_t,
                 DOT_PRECISION=precision, num_warps=ROWS_WARPS,
             )
-        ddt_raw, dA, ddt_bias, dD = dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan, ctx.dt_limit)
-        return (dx, ddt_raw, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD.to(D.dtype) if D is not None else None,
+        # the per-head sums straight in the parameters' dtype (one conversion), dB and dC in one conversion too:
+        # fewer launches in a step whose pace the host sets
+        sums_dtype = A.dtype if all(t is None or t.dtype == A.dtype for t in (D, dt_bias)) else torch.float64
+        ddt_raw, dA, ddt_bias, dD = dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan, ctx.dt_limit,
+                                             sums_dtype=sums_dtype)
+        dB, dC = dbc.to(B.dtype).unbind(0) if B.dtype == C.dtype else (dB.to(B.dtype), dC.to(C.dtype))
+        return (dx, ddt_raw, dA.to(A.dtype), dB, dC, dD.to(D.dtype) if D is not None else None,
                 ddt_bias.to(dt_bias.dtype) if dt_bias is not None else None, None, None, None)
 
 
-def dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan: ShortSSDPlan, dt_limit
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan: ShortSSDPlan, dt_limit,
+             sums_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`dt_chain_reference` on the tile tokens of `plan` by `bwd_dt_kernel` (ddt_raw 0 at long-sequence tokens):
-    (ddt_raw in dt_raw's dtype, dA, ddt_bias, dD float64). rowsum, colsum, ddt_x, ddd: contiguous (T, H) fp32."""
+    (ddt_raw in dt_raw's dtype, dA, ddt_bias, dD: float64 sums of the tiles' float64 sums, in `sums_dtype`).
+    rowsum, colsum, ddt_x, ddd: contiguous (T, H) fp32."""
     heads = rowsum.shape[1]
-    ddt_raw = torch.zeros(dt_raw.shape, device=dt_raw.device, dtype=dt_raw.dtype)
-    partials = torch.zeros(3, max(plan.tiles, 1), heads, device=dt_raw.device, dtype=torch.float64)
+    # the kernel writes every tile token and every (tile, head) sum: zeros only where some are left unwritten
+    ddt_raw = (torch.zeros if plan.long_index is not None else torch.empty)(
+        dt_raw.shape, device=dt_raw.device, dtype=dt_raw.dtype)
+    partials = (torch.empty if plan.tiles else torch.zeros)(
+        3, max(plan.tiles, 1), heads, device=dt_raw.device, dtype=torch.float64)
     if plan.tiles:
         import triton
 
@@ -340,7 +365,7 @@ def dt_chain(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, plan: ShortSSDP
             float(dt_limit[0]), float(dt_limit[1]),
             BT=plan.block_t, HB=heads_block, HAS_BIAS=dt_bias is not None, num_warps=4,
         )
-    dA, ddt_bias, dD = partials.sum(1).unbind(0)  # float64 sums of the tiles' sums
+    dA, ddt_bias, dD = partials.sum(1).to(sums_dtype).unbind(0)  # float64 sums of the tiles' sums
     return ddt_raw, dA, ddt_bias, dD
 
 
