@@ -31,6 +31,24 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
+def interpreted(test_module: str, call: str, env: dict | None = None, timeout: int = 300):
+    """The JSON that `call` (an expression on `test_module`, imported as `t`) prints in a fresh process run through
+    Triton's interpreter: TRITON_INTERPRET=1 must be set before triton loads, hence the subprocess."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = (f"import json, sys; sys.path.insert(0, sys.argv[1]); import {test_module} as t; "
+            f"print(json.dumps({call}))")
+    variables = dict(os.environ, TRITON_INTERPRET="1", **(env or {}))
+    variables["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), variables.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", code, str(REPO_ROOT / "tests")], capture_output=True, text=True,
+                            env=variables, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests where CUDA is not available (CI never has a GPU)."""
     try:

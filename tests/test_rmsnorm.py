@@ -3,16 +3,10 @@ references (on the CPU through Triton's interpreter) and against mamba_ssm's ker
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parent
+from conftest import interpreted
 
 
 def _error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -90,15 +84,7 @@ def test_interpreted_norm_kernels_match_float64_references():
     """fp32 on the CPU through TRITON_INTERPRET=1 (a subprocess: the variable must be set before triton loads);
     150 rows of 1,000 channels (1,024 lanes, masked): 19 forward programs of 8 rows, the last part-empty, and 3
     backward programs of 64 rows in steps of 4."""
-    pytest.importorskip("triton")
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_rmsnorm as t; "
-            "print(json.dumps(t.compare_norms(rows=150, width=1000)))")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check(json.loads(result.stdout.strip().splitlines()[-1]), 1e-5)
+    _check(interpreted("test_rmsnorm", "t.compare_norms(rows=150, width=1000)"), 1e-5)
 
 
 def test_references_are_what_transformers_mamba2_computes():
@@ -216,15 +202,7 @@ def compare_quantized(device: str = "cpu", dtype: torch.dtype = torch.bfloat16, 
 def test_interpreted_fp8_outputs_carry_the_plain_outputs_scales():
     """Under the interpreter: QuantizedRows of the right shape and dtype, scales within 1e-6 of the quantiser's on
     the plain output (codes: on the GPU only, see compare_quantized)."""
-    pytest.importorskip("triton")
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_rmsnorm as t; "
-            "print(json.dumps(t.compare_quantized(codes=False)))")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check(json.loads(result.stdout.strip().splitlines()[-1]), 0.0)
+    _check(interpreted("test_rmsnorm", "t.compare_quantized(codes=False)"), 0.0)
 
 
 @pytest.mark.gpu

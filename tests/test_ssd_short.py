@@ -8,19 +8,13 @@ and whole-model scores against the stock mamba_ssm path.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from conftest import interpreted
 from pyserini_ssm.ops.ssd_short import tile_sequences
 
-TESTS = Path(__file__).resolve().parent
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias")
 
 
@@ -146,18 +140,9 @@ def compare_with_reference(lengths, block_t, dt_limit=(0.0, float("inf")), devic
 
 
 def _interpreted(lengths, block_t, dt_limit=(0.0, float("inf")), seed=0, env_switches=None) -> dict:
-    pytest.importorskip("triton")
-    code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import test_ssd_short as t; "
-        f"print(json.dumps(t.compare_with_reference({list(lengths)}, {block_t}, {tuple(dt_limit)!r}, seed={seed})))"
-    )
-    env = dict(os.environ, TRITON_INTERPRET="1", PYSERINI_SSM_SSD_BLOCK_M="16", **(env_switches or {}))
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
-    code = code.replace("(0.0, inf)", "(0.0, float('inf'))")
-    result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    call = f"t.compare_with_reference({list(lengths)}, {block_t}, {tuple(dt_limit)!r}, seed={seed})"
+    return interpreted("test_ssd_short", call.replace("(0.0, inf)", "(0.0, float('inf'))"),
+                       env={"PYSERINI_SSM_SSD_BLOCK_M": "16", **(env_switches or {})})
 
 
 # Relative to the largest reference magnitude. dA sums da * dt over every token, and da (a reverse cumulative sum of
@@ -243,15 +228,7 @@ def compare_dt_chain(lengths, block_t, dt_limit, device="cpu", seed=0) -> dict:
 def test_interpreted_dt_chain_kernel_matches_its_torch_reference():
     """The backward's cumulative-sum chain kernel: sequences of 1 token, exactly the tile, long ones (no gradient
     there), clamped steps (dt_limit), heads in two blocks."""
-    pytest.importorskip("triton")
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_ssd_short as t; "
-            "print(json.dumps(t.compare_dt_chain([1, 32, 5, 33, 20, 12, 2, 1, 40, 7], 32, (0.2, 1.5))))")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", code, str(TESTS)], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    errors = interpreted("test_ssd_short", "t.compare_dt_chain([1, 32, 5, 33, 20, 12, 2, 1, 40, 7], 32, (0.2, 1.5))")
     for name, error in errors.items():
         assert error < 1e-6, (name, errors)
 

@@ -1,14 +1,14 @@
 """RMSNorms of the Mamba-2 short-SSD path, lean: the residual add + RMSNorm between layers (`add_rmsnorm`) and the
-mixer's gated RMSNorm, norm(y * silu(z)) (`gated_rmsnorm`), forward and backward in Triton, with pure-PyTorch
-references (`add_rmsnorm_reference`, `gated_rmsnorm_reference`).
+mixer's gated RMSNorm, norm(y * silu(z)) (`gated_rmsnorm`), forward and backward in Triton (`ops.rmsnorm_kernels`,
+imported on first use), with pure-PyTorch references (`add_rmsnorm_reference`, `gated_rmsnorm_reference`).
 
 They compute what mamba_ssm's `layer_norm_fn(..., is_rms_norm=True)` and `RMSNormGated` (one group,
 norm_before_gate=False) compute, in the same fp32 order, dtypes included: the output in the input's dtype, the
 residual in fp32 when `residual_in_fp32`, the weight's gradient in the weight's dtype. Why not call mamba_ssm's:
 its wrappers pass about 40 arguments through `triton.autotune` and four `triton.heuristics` layers, about 0.3 ms of
 host time a call under the profiler (bin/profile-training-step --host, H200, 2026-12-02), and a 128-pair training
-step makes about 200 of them: the host, not the GPU, set that step's pace. These kernels take a dozen arguments and
-several rows per program (the gated norm's 3,072 channels fill 75 % of a 4,096-lane block either way).
+step makes about 200 of them: the host, not the GPU, set that step's pace. These kernels take about 20 arguments, with
+no autotuner or heuristics around them, and several rows per program (the gated norm's 3,072 channels fill 75 % of a 4,096-lane block either way).
 
     x (..., N) + residual (..., N) -> r (fp32);  y = r * rstd * w,  rstd = 1 / sqrt(mean(r^2) + eps)
     g = y * silu(z);  out = g * rstd_g * w
@@ -50,136 +50,10 @@ def gated_rmsnorm_reference(y: torch.Tensor, z: torch.Tensor, weight: torch.Tens
 
 @functools.cache
 def _kernels():
-    import triton
-    import triton.language as tl
+    from pyserini_ssm.ops import rmsnorm_kernels as kernels
 
-    @triton.jit
-    def add_fwd(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, rstd_ptr, q_ptr, scale_ptr, M, N, s_x, s_r, s_y, s_ro, s_q,
-                eps, HAS_R: tl.constexpr, STORE_RO: tl.constexpr, QUANT: tl.constexpr, ROUND: tl.constexpr,
-                ROWS: tl.constexpr, BN: tl.constexpr):
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        cols = tl.arange(0, BN)
-        row_ok = rows < M
-        ok = row_ok[:, None] & (cols < N)[None, :]
-        rows = rows.to(tl.int64)[:, None]
-        x = tl.load(x_ptr + rows * s_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        if HAS_R:
-            x += tl.load(r_ptr + rows * s_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        if STORE_RO:
-            tl.store(ro_ptr + rows * s_ro + cols[None, :], x, mask=ok)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / N + eps)
-        row_index = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
-        if QUANT:  # ops.fp8's quantisation of the output as stored (the scale as torch's CUDA: amax x fp32(1/448))
-            out = x * rstd[:, None] * w[None, :]
-            if ROUND == 1:
-                out = out.to(tl.bfloat16).to(tl.float32)
-            elif ROUND == 2:
-                out = out.to(tl.float16).to(tl.float32)
-            scale = tl.maximum(tl.max(tl.where(ok, tl.abs(out), 0.0), axis=1), 1e-12) * 0.0022321429569274187
-            # one IEEE division a row, then a multiplication a value. An IEEE division a value (tl.div_rn: a long
-            # instruction sequence) is what ran on the H200 on 2026-12-02, FP8 packed 6 % under the unfused figure
-            # of another machine; the cause was not isolated, and this form has not been timed
-            q = tl.minimum(tl.maximum(out * tl.div_rn(tl.full([ROWS], 1.0, tl.float32), scale)[:, None], -448.0),
-                           448.0)
-            tl.store(q_ptr + rows * s_q + cols[None, :], q.to(tl.float8e4nv), mask=ok)
-            tl.store(scale_ptr + row_index, scale, mask=row_ok)
-        else:
-            tl.store(rstd_ptr + row_index, rstd, mask=row_ok)
-            tl.store(y_ptr + rows * s_y + cols[None, :], x * rstd[:, None] * w[None, :], mask=ok)
-
-    @triton.jit
-    def add_bwd(x_ptr, w_ptr, dy_ptr, dro_ptr, rstd_ptr, dx_ptr, dr_ptr, dw_ptr, M, N, s_x, s_dy, s_dro, s_dx,
-                s_dr, HAS_DRO: tl.constexpr, STORE_DR: tl.constexpr, ROWS: tl.constexpr, RPP: tl.constexpr,
-                BN: tl.constexpr):
-        # x: the saved residual r (the normed input); RPP contiguous rows a program, dw summed per program (a static
-        # loop: Triton's interpreter cannot loop to a runtime bound)
-        pid = tl.program_id(0)
-        cols = tl.arange(0, BN)
-        col_ok = cols < N
-        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        dw = tl.zeros([ROWS, BN], dtype=tl.float32)
-        for step in range(0, RPP // ROWS):
-            rows = pid * RPP + step * ROWS + tl.arange(0, ROWS)
-            row_ok = rows < M
-            ok = row_ok[:, None] & col_ok[None, :]
-            r64 = rows.to(tl.int64)[:, None]
-            x = tl.load(x_ptr + r64 * s_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + r64 * s_dy + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-            xhat = x * rstd[:, None]
-            wdy = w[None, :] * dy
-            c = tl.sum(xhat * wdy, axis=1) / N
-            dx = (wdy - xhat * c[:, None]) * rstd[:, None]
-            if HAS_DRO:
-                dx += tl.load(dro_ptr + r64 * s_dro + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            dw += dy * xhat
-            tl.store(dx_ptr + r64 * s_dx + cols[None, :], dx, mask=ok)
-            if STORE_DR:
-                tl.store(dr_ptr + r64 * s_dr + cols[None, :], dx, mask=ok)
-        tl.store(dw_ptr + pid * N + cols, tl.sum(dw, axis=0), mask=col_ok)
-
-    @triton.jit
-    def gated_fwd(y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, q_ptr, scale_ptr, M, N, s_y, s_z, s_o, s_q, eps,
-                  QUANT: tl.constexpr, ROUND: tl.constexpr, ROWS: tl.constexpr, BN: tl.constexpr):
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        cols = tl.arange(0, BN)
-        row_ok = rows < M
-        ok = row_ok[:, None] & (cols < N)[None, :]
-        rows = rows.to(tl.int64)[:, None]
-        y = tl.load(y_ptr + rows * s_y + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + rows * s_z + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        g = y * (z * tl.sigmoid(z))
-        rstd = 1.0 / tl.sqrt(tl.sum(g * g, axis=1) / N + eps)
-        row_index = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
-        if QUANT:  # ops.fp8's quantisation of the output as stored (the scale as torch's CUDA: amax x fp32(1/448))
-            out = g * rstd[:, None] * w[None, :]
-            if ROUND == 1:
-                out = out.to(tl.bfloat16).to(tl.float32)
-            elif ROUND == 2:
-                out = out.to(tl.float16).to(tl.float32)
-            scale = tl.maximum(tl.max(tl.where(ok, tl.abs(out), 0.0), axis=1), 1e-12) * 0.0022321429569274187
-            # one IEEE division a row, then a multiplication a value. An IEEE division a value (tl.div_rn: a long
-            # instruction sequence) is what ran on the H200 on 2026-12-02, FP8 packed 6 % under the unfused figure
-            # of another machine; the cause was not isolated, and this form has not been timed
-            q = tl.minimum(tl.maximum(out * tl.div_rn(tl.full([ROWS], 1.0, tl.float32), scale)[:, None], -448.0),
-                           448.0)
-            tl.store(q_ptr + rows * s_q + cols[None, :], q.to(tl.float8e4nv), mask=ok)
-            tl.store(scale_ptr + row_index, scale, mask=row_ok)
-        else:
-            tl.store(rstd_ptr + row_index, rstd, mask=row_ok)
-            tl.store(out_ptr + rows * s_o + cols[None, :], g * rstd[:, None] * w[None, :], mask=ok)
-
-    @triton.jit
-    def gated_bwd(y_ptr, z_ptr, w_ptr, do_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_ptr, M, N, s_y, s_z, s_do, s_dy, s_dz,
-                  ROWS: tl.constexpr, RPP: tl.constexpr, BN: tl.constexpr):
-        pid = tl.program_id(0)
-        cols = tl.arange(0, BN)
-        col_ok = cols < N
-        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        dw = tl.zeros([ROWS, BN], dtype=tl.float32)
-        for step in range(0, RPP // ROWS):
-            rows = pid * RPP + step * ROWS + tl.arange(0, ROWS)
-            row_ok = rows < M
-            ok = row_ok[:, None] & col_ok[None, :]
-            r64 = rows.to(tl.int64)[:, None]
-            y = tl.load(y_ptr + r64 * s_y + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + r64 * s_z + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            do = tl.load(do_ptr + r64 * s_do + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-            sig = tl.sigmoid(z)
-            gate = z * sig
-            ghat = y * gate * rstd[:, None]
-            wdo = w[None, :] * do
-            c = tl.sum(ghat * wdo, axis=1) / N
-            dg = (wdo - ghat * c[:, None]) * rstd[:, None]
-            dw += do * ghat
-            tl.store(dy_ptr + r64 * s_dy + cols[None, :], dg * gate, mask=ok)
-            tl.store(dz_ptr + r64 * s_dz + cols[None, :], dg * y * sig * (1.0 + z * (1.0 - sig)), mask=ok)
-        tl.store(dw_ptr + pid * N + cols, tl.sum(dw, axis=0), mask=col_ok)
-
-    return add_fwd, add_bwd, gated_fwd, gated_bwd
+    return (kernels.add_rmsnorm_fwd, kernels.add_rmsnorm_bwd, kernels.gated_rmsnorm_fwd,
+            kernels.gated_rmsnorm_bwd)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
