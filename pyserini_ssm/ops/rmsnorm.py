@@ -7,8 +7,9 @@ norm_before_gate=False) compute, in the same fp32 order, dtypes included: the ou
 residual in fp32 when `residual_in_fp32`, the weight's gradient in the weight's dtype. Why not call mamba_ssm's:
 its wrappers pass about 40 arguments through `triton.autotune` and four `triton.heuristics` layers, about 0.3 ms of
 host time a call under the profiler (bin/profile-training-step --host, H200, 2026-12-02), and a 128-pair training
-step makes about 200 of them: the host, not the GPU, set that step's pace. These kernels take about 20 arguments, with
-no autotuner or heuristics around them, and several rows per program (the gated norm's 3,072 channels fill 75 % of a 4,096-lane block either way).
+step makes about 200 of them: the host, not the GPU, set that step's pace. These kernels take about 20 arguments,
+with no autotuner or heuristics around them, and several rows per program (the gated norm's 3,072 channels fill
+75 % of a 4,096-lane block either way).
 
     x (..., N) + residual (..., N) -> r (fp32);  y = r * rstd * w,  rstd = 1 / sqrt(mean(r^2) + eps)
     g = y * silu(z);  out = g * rstd_g * w
