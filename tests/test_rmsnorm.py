@@ -160,8 +160,8 @@ def compare_quantized(device: str = "cpu", dtype: torch.dtype = torch.bfloat16, 
     unfused one (the bound of the quantiser's own GPU test; the share of identical codes is reported). Not bit for
     bit: the fused kernel takes the scale as amax x fp32(1/448) (torch's CUDA way) and multiplies by its reciprocal,
     ops.fp8_triton divides by 448 and by the scale, approximately, and a last-bit difference flips the ties bf16
-    inputs often make. Triton's interpreter converts to e4m3 unlike the GPU (ties away from zero, some values a binade off:
-    its own quantiser's codes differ from torch's there too): on the CPU the codes are not compared."""
+    inputs often make. Triton's interpreter converts to e4m3 unlike the GPU (ties away from zero, some values a
+    binade off: its own quantiser's codes differ from torch's there too): on the CPU the codes are not compared."""
     from pyserini_ssm.ops.fp8 import QuantizedRows, quantize_rowwise_reference
     from pyserini_ssm.ops.fp8_triton import quantize_rowwise_triton
     from pyserini_ssm.ops.rmsnorm import add_rmsnorm, gated_rmsnorm

@@ -224,8 +224,9 @@ class PairEncoder:
         kernels (tests/test_templates.py checks the ids are the same)."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+        split_special = bool(getattr(self.tokenizer, "split_special_tokens", False))
         if (encode is not None and backend.truncation is None and backend.padding is None
-                and bool(backend.encode_special_tokens) == bool(getattr(self.tokenizer, "split_special_tokens", False))):
+                and bool(backend.encode_special_tokens) == split_special):
             return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
