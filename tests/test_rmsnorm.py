@@ -46,6 +46,10 @@ def compare_norms(device: str = "cpu", dtype: torch.dtype = torch.float32, rows:
         for name, grad, grad_ref in zip(("dx", "dresidual", "dw") if residual is not None else ("dx", "dw"),
                                         grads, grads_ref):
             errors[f"{case}:{name}"] = _error(grad, grad_ref)
+        # only y used (the final norm): the unused residual output's gradient stays None inside
+        y_only = torch.autograd.grad(add_rmsnorm(x, residual, weight, 1e-5, residual_in_fp32=in_fp32)[0], x, dy)[0]
+        errors[f"{case}:dx-y-only"] = _error(y_only, torch.autograd.grad(
+            add_rmsnorm_reference(ref_x, ref_r, ref_w, 1e-5, in_fp32)[0], ref_x, dy.double())[0])
         with torch.no_grad():
             y2, r2 = add_rmsnorm(x, residual, weight, 1e-5, residual_in_fp32=in_fp32)
         errors[f"{case}:no-grad-equal"] = bool(torch.equal(y2, y) and torch.equal(r2, r))

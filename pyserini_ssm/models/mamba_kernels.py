@@ -15,6 +15,7 @@ from torch import nn
 
 from pyserini_ssm.errors import UserError
 from pyserini_ssm.models.mamba_config import family_of
+from pyserini_ssm.ops.rmsnorm import add_rmsnorm
 
 logger = logging.getLogger(__name__)
 
@@ -202,9 +203,9 @@ class MambaKernelBackbone(nn.Module):
             mixer_kwargs["seq_idx"] = seq_idx
         plan = self._short_ssd_plan(input_ids, seq_idx, sequence_lengths)
         lean_norms = plan is not None and self.norm_backend == "triton"
+        quantize = False
         if lean_norms:
             from pyserini_ssm.ops.fp8 import Fp8Linear
-            from pyserini_ssm.ops.rmsnorm import add_rmsnorm
 
             # under FP8 the norm writes in_proj's e4m3 input itself (inference: no gradient through the codes)
             quantize = not torch.is_grad_enabled() and isinstance(self.layers[0].mixer.in_proj, Fp8Linear)
@@ -212,20 +213,7 @@ class MambaKernelBackbone(nn.Module):
         residual = None
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            if lean_norms:
-                hidden, residual = add_rmsnorm(hidden, residual, layer.norm.weight, layer.norm.eps,
-                                               residual_in_fp32=self.residual_in_fp32, quantize=quantize)
-            else:
-                hidden, residual = self.layer_norm_fn(
-                    hidden,
-                    layer.norm.weight,
-                    None,
-                    residual=residual,
-                    prenorm=True,
-                    residual_in_fp32=self.residual_in_fp32,
-                    eps=layer.norm.eps,
-                    is_rms_norm=True,
-                )
+            hidden, residual = self._add_norm(layer.norm, hidden, residual, lean_norms, quantize=quantize)
             if plan is None:
                 hidden = layer.mixer(hidden, **mixer_kwargs)  # (B, L, D)
                 continue
@@ -236,22 +224,22 @@ class MambaKernelBackbone(nn.Module):
                                           lean_norm=lean_norms)  # (1, L or K, D)
             if positions is not None:
                 residual = residual[:, positions]
-        if lean_norms:
-            return add_rmsnorm(hidden, residual, self.norm_f.weight, self.norm_f.eps,
-                               residual_in_fp32=self.residual_in_fp32)[0]
-        out = self.layer_norm_fn(
-            hidden,
-            self.norm_f.weight,
-            None,
-            residual=residual,
-            prenorm=False,
-            residual_in_fp32=self.residual_in_fp32,
-            eps=self.norm_f.eps,
-            is_rms_norm=True,
-        )
+        out = self._add_norm(self.norm_f, hidden, residual, lean_norms, prenorm=False)
         if output_positions is not None and plan is None:
             out = out[:, output_positions]
         return out
+
+    def _add_norm(self, norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None, lean: bool,
+                  prenorm: bool = True, quantize: bool = False) -> Any:
+        """RMSNorm(hidden + residual) with `norm`'s weight and eps, and with `prenorm` the sum (the next residual,
+        fp32 when `residual_in_fp32`): `ops.rmsnorm` when `lean` (e4m3 codes for an Fp8Linear with `quantize`),
+        else mamba_ssm's fused `layer_norm_fn`."""
+        if lean:
+            out = add_rmsnorm(hidden, residual, norm.weight, norm.eps, residual_in_fp32=self.residual_in_fp32,
+                              quantize=quantize)
+            return out if prenorm else out[0]
+        return self.layer_norm_fn(hidden, norm.weight, None, residual=residual, prenorm=prenorm,
+                                  residual_in_fp32=self.residual_in_fp32, eps=norm.eps, is_rms_norm=True)
 
     def _short_ssd_plan(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None,
                         sequence_lengths: Sequence[int] | None = None):

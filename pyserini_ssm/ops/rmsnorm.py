@@ -116,13 +116,15 @@ class AddRMSNormFn(torch.autograd.Function):
                                    residual_dtype)
         ctx.save_for_backward(ro, weight, rstd)
         ctx.shape, ctx.x_dtype, ctx.eps, ctx.has_residual = shape, x.dtype, eps, residual is not None
+        # an unused residual output (the final norm) gets no gradient: None, not a zero tensor to add
+        ctx.set_materialize_grads(False)
         return y.view(shape), ro.view(shape)
 
     @staticmethod
     def backward(ctx, dy, dro):
         ro, weight, rstd = ctx.saved_tensors
         rows, n = ro.shape
-        dy = _rows(dy)
+        dy = _rows(dy) if dy is not None else torch.zeros(rows, n, device=ro.device, dtype=ctx.x_dtype)
         dro = _rows(dro) if dro is not None else None
         dx = torch.empty(rows, n, device=ro.device, dtype=ctx.x_dtype)
         dr = torch.empty_like(ro) if ctx.has_residual and ro.dtype != ctx.x_dtype else None

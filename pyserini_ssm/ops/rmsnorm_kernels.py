@@ -6,6 +6,30 @@ import triton.language as tl
 
 
 @triton.jit
+def _row_block(first_row, M, N, ROWS: tl.constexpr, BN: tl.constexpr):
+    """ROWS rows from `first_row` of an (M, N) tensor: (row indices, their int64 column for offsets, row mask, block
+    mask, column indices)."""
+    rows = first_row + tl.arange(0, ROWS)
+    cols = tl.arange(0, BN)
+    row_ok = rows < M
+    return rows, rows.to(tl.int64)[:, None], row_ok, row_ok[:, None] & (cols < N)[None, :], cols
+
+
+@triton.jit
+def _rstd(v, N, eps):
+    """1 / sqrt(mean(v^2) + eps) of each row of v (ROWS, BN), masked lanes 0."""
+    return 1.0 / tl.sqrt(tl.sum(v * v, axis=1) / N + eps)
+
+
+@triton.jit
+def _rms_grad(hat, wgrad, rstd, N):
+    """The gradient of the normed input v of out = hat * w, hat = v * rstd, from hat and wgrad = w * d(out):
+    (wgrad - hat * mean(hat * wgrad)) * rstd, per row."""
+    c = tl.sum(hat * wgrad, axis=1) / N
+    return (wgrad - hat * c[:, None]) * rstd[:, None]
+
+
+@triton.jit
 def _store_normed(out, rstd, ok, row_ok, row_index, out_offsets, q_offsets, out_ptr, rstd_ptr, q_ptr, scale_ptr,
                   QUANT: tl.constexpr, ROUND: tl.constexpr, ROWS: tl.constexpr):
     """A forward's normed rows `out` (ROWS, BN) fp32: stored with their rstd (the backward reads it), or with
@@ -32,21 +56,17 @@ def _store_normed(out, rstd, ok, row_ok, row_index, out_offsets, q_offsets, out_
 def add_rmsnorm_fwd(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, rstd_ptr, q_ptr, scale_ptr, M, N, s_x, s_r, s_y, s_ro, s_q,
                     eps, HAS_R: tl.constexpr, STORE_RO: tl.constexpr, QUANT: tl.constexpr, ROUND: tl.constexpr,
                     ROWS: tl.constexpr, BN: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BN)
-    row_ok = rows < M
-    ok = row_ok[:, None] & (cols < N)[None, :]
-    rows = rows.to(tl.int64)[:, None]
+    row_index, rows, row_ok, ok, cols = _row_block(tl.program_id(0) * ROWS, M, N, ROWS, BN)
     x = tl.load(x_ptr + rows * s_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     if HAS_R:
         x += tl.load(r_ptr + rows * s_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     if STORE_RO:
         tl.store(ro_ptr + rows * s_ro + cols[None, :], x, mask=ok)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / N + eps)
-    row_index = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rstd = _rstd(x, N, eps)
     w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     _store_normed(x * rstd[:, None] * w[None, :], rstd, ok, row_ok, row_index, rows * s_y + cols[None, :],
                   rows * s_q + cols[None, :], y_ptr, rstd_ptr, q_ptr, scale_ptr, QUANT, ROUND, ROWS)
+
 
 @triton.jit
 def add_rmsnorm_bwd(x_ptr, w_ptr, dy_ptr, dro_ptr, rstd_ptr, dx_ptr, dr_ptr, dw_ptr, M, N, s_x, s_dy, s_dro, s_dx,
@@ -60,17 +80,12 @@ def add_rmsnorm_bwd(x_ptr, w_ptr, dy_ptr, dro_ptr, rstd_ptr, dx_ptr, dr_ptr, dw_
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([ROWS, BN], dtype=tl.float32)
     for step in range(0, RPP // ROWS):
-        rows = pid * RPP + step * ROWS + tl.arange(0, ROWS)
-        row_ok = rows < M
-        ok = row_ok[:, None] & col_ok[None, :]
-        r64 = rows.to(tl.int64)[:, None]
+        rows, r64, row_ok, ok, cols = _row_block(pid * RPP + step * ROWS, M, N, ROWS, BN)
         x = tl.load(x_ptr + r64 * s_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + r64 * s_dy + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
         xhat = x * rstd[:, None]
-        wdy = w[None, :] * dy
-        c = tl.sum(xhat * wdy, axis=1) / N
-        dx = (wdy - xhat * c[:, None]) * rstd[:, None]
+        dx = _rms_grad(xhat, w[None, :] * dy, rstd, N)
         if HAS_DRO:
             dx += tl.load(dro_ptr + r64 * s_dro + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         dw += dy * xhat
@@ -79,22 +94,19 @@ def add_rmsnorm_bwd(x_ptr, w_ptr, dy_ptr, dro_ptr, rstd_ptr, dx_ptr, dr_ptr, dw_
             tl.store(dr_ptr + r64 * s_dr + cols[None, :], dx, mask=ok)
     tl.store(dw_ptr + pid * N + cols, tl.sum(dw, axis=0), mask=col_ok)
 
+
 @triton.jit
 def gated_rmsnorm_fwd(y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, q_ptr, scale_ptr, M, N, s_y, s_z, s_o, s_q, eps,
                       QUANT: tl.constexpr, ROUND: tl.constexpr, ROWS: tl.constexpr, BN: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BN)
-    row_ok = rows < M
-    ok = row_ok[:, None] & (cols < N)[None, :]
-    rows = rows.to(tl.int64)[:, None]
+    row_index, rows, row_ok, ok, cols = _row_block(tl.program_id(0) * ROWS, M, N, ROWS, BN)
     y = tl.load(y_ptr + rows * s_y + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + rows * s_z + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     g = y * (z * tl.sigmoid(z))
-    rstd = 1.0 / tl.sqrt(tl.sum(g * g, axis=1) / N + eps)
-    row_index = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rstd = _rstd(g, N, eps)
     w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     _store_normed(g * rstd[:, None] * w[None, :], rstd, ok, row_ok, row_index, rows * s_o + cols[None, :],
                   rows * s_q + cols[None, :], out_ptr, rstd_ptr, q_ptr, scale_ptr, QUANT, ROUND, ROWS)
+
 
 @triton.jit
 def gated_rmsnorm_bwd(y_ptr, z_ptr, w_ptr, do_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_ptr, M, N, s_y, s_z, s_do, s_dy, s_dz,
@@ -105,10 +117,7 @@ def gated_rmsnorm_bwd(y_ptr, z_ptr, w_ptr, do_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([ROWS, BN], dtype=tl.float32)
     for step in range(0, RPP // ROWS):
-        rows = pid * RPP + step * ROWS + tl.arange(0, ROWS)
-        row_ok = rows < M
-        ok = row_ok[:, None] & col_ok[None, :]
-        r64 = rows.to(tl.int64)[:, None]
+        rows, r64, row_ok, ok, cols = _row_block(pid * RPP + step * ROWS, M, N, ROWS, BN)
         y = tl.load(y_ptr + r64 * s_y + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + r64 * s_z + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         do = tl.load(do_ptr + r64 * s_do + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -116,9 +125,7 @@ def gated_rmsnorm_bwd(y_ptr, z_ptr, w_ptr, do_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_
         sig = tl.sigmoid(z)
         gate = z * sig
         ghat = y * gate * rstd[:, None]
-        wdo = w[None, :] * do
-        c = tl.sum(ghat * wdo, axis=1) / N
-        dg = (wdo - ghat * c[:, None]) * rstd[:, None]
+        dg = _rms_grad(ghat, w[None, :] * do, rstd, N)
         dw += do * ghat
         tl.store(dy_ptr + r64 * s_dy + cols[None, :], dg * gate, mask=ok)
         tl.store(dz_ptr + r64 * s_dz + cols[None, :], dg * y * sig * (1.0 + z * (1.0 - sig)), mask=ok)
