@@ -8,6 +8,17 @@
 #   infer OUT       bin/bench-short-ssd: stock vs short SSD vs short SSD in FP8, packed and Reranker.predict
 #   cli OUT         the rerank CLI on 43,000 DL19-like pairs (bin/make-top1000-like), bf16 then fp8, each run twice
 #                   so that the second is warm (the first process on a machine compiles the Triton kernels)
+#   profile OUT     the GPU tests of the norms, FP8 and the model path; the kernel tables of one 32k row in bf16 and
+#                   FP8 (bin/profile-mamba2-row --table-only); the rerank command's timeline on 43,000 pairs in FP8,
+#                   twice in one process (bin/profile-rerank)
+#   sweep OUT       GPU tests of the conv and the SSD; the SSD forward, conv and norm settings (bin/profile-short-ssd
+#                   --forward-only); the rerank command on 43,000 pairs in FP8 in a fresh process (bin/profile-rerank
+#                   --first-forward), twice in it
+#   fold OUT        GPU tests of the folded conv, the conv and the SSD; bin/profile-predict (bf16, FP8: packed and
+#                   predict, with the conv folded into the SSD); the rerank command on 43,000 pairs in FP8 as two
+#                   fresh processes (the first compiles what the machine's cache lacks; the second is the figure)
+#   final OUT       bin/profile-predict (bf16, FP8; the conv fold switched the other way in the same process), then
+#                   the rerank command on 43,000 pairs in FP8 as two fresh processes (the second is the figure)
 #   all OUT         the fourth session's single call: GPU tests of ops.rmsnorm and the model path,
 #                   bin/profile-predict (bf16, FP8), training at 128 and 384 pairs, the CLI in FP8 if time is left
 set -o pipefail
@@ -47,6 +58,68 @@ cli)
                 --dtype $dtype --output /tmp/r.$dtype.txt > "$out/cli-$dtype-$run.txt" 2>&1
             echo "$dtype run $run: $(grep scored "$out/cli-$dtype-$run.txt")"
         done
+    done
+    ;;
+profile)
+    timeout 150 python3 -m pytest -q -m gpu tests/test_rmsnorm.py tests/test_fp8.py tests/test_ssd_short.py \
+        -k "rmsnorm or triton_quantiser or model_scores" > "$out/gpu-tests.txt" 2>&1
+    tail -1 "$out/gpu-tests.txt"
+    for dtype in bf16 fp8; do
+        timeout 120 python3 bin/profile-mamba2-row $C --table-only --dtype $dtype > "$out/row-$dtype.txt" 2>&1
+        head -3 "$out/row-$dtype.txt"
+    done
+    python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
+    timeout 60 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
+        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
+    timeout 150 python3 bin/profile-rerank /tmp/m2 /tmp/t1k.json.gz --dtype fp8 --runs 2 --forwards \
+        > "$out/rerank-fp8.txt" 2>&1
+    grep -v "^  forward" "$out/rerank-fp8.txt" | grep -v "^  tokenize \[\|^  run lines \[\|^  merge \[\|^  commit \["
+    ;;
+sweep)
+    timeout 170 python3 -m pytest -q -m gpu tests/test_conv_packed.py tests/test_ssd_short.py \
+        -k "conv or (kernel_matches_reference and bfloat16) or model_scores" > "$out/gpu-tests.txt" 2>&1
+    tail -1 "$out/gpu-tests.txt"
+    timeout 200 python3 bin/profile-short-ssd --forward-only \
+        --configs "64:4:8:loaded:factored:ht,128:8:8:loaded:factored:ht,32:4:4:loaded:factored:ht,$(
+            )64:8:8:loaded:factored:ht,64:4:8:loaded:factored:h2:ht" \
+        --conv-configs "32x128:4,16x128:4,16x256:4,32x256:8,64x128:8,8x256:2,32x64:2" > "$out/sweep.txt" 2>&1
+    grep -v "^ " "$out/sweep.txt"
+    python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
+    timeout 60 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
+        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
+    timeout 150 python3 bin/profile-rerank /tmp/m2 /tmp/t1k.json.gz --dtype fp8 --runs 2 --first-forward \
+        > "$out/rerank-fp8.txt" 2>&1
+    grep -v "^  forward\|^  tokenize \[\|^  run lines \[\|^  merge \[\|^  commit \[" "$out/rerank-fp8.txt" | head -80
+    ;;
+fold)
+    timeout 150 python3 -m pytest -q -m gpu tests/test_conv_packed.py tests/test_ssd_short.py \
+        -k "conv or (kernel_matches_reference and bfloat16) or model_scores" > "$out/gpu-tests.txt" 2>&1
+    tail -1 "$out/gpu-tests.txt"
+    timeout 170 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 3 > "$out/predict.txt" 2>&1
+    grep "^==\|GPU idle" "$out/predict.txt"
+    python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
+    timeout 60 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
+        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
+    for run in 1 2; do
+        began=$(date +%s.%N)
+        timeout 80 python3 -m pyserini_ssm.rerank --model /tmp/m2 --no-progress --candidates /tmp/t1k.json.gz \
+            --dtype fp8 --output /tmp/r.fp8.$run.txt > "$out/cli-fp8-$run.txt" 2>&1
+        echo "fp8 process $run: $(grep scored "$out/cli-fp8-$run.txt"); whole command" \
+            "$(python3 -c "print(f'{$(date +%s.%N) - $began:.1f} s')")"
+    done
+    ;;
+final)
+    timeout 170 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 3 --compare-fold > "$out/predict.txt" 2>&1
+    grep "^==\|GPU idle\|conv fold" "$out/predict.txt"
+    python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
+    timeout 50 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
+        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
+    for run in 1 2; do
+        began=$(date +%s.%N)
+        timeout 60 python3 -m pyserini_ssm.rerank --model /tmp/m2 --no-progress --candidates /tmp/t1k.json.gz \
+            --dtype fp8 --output /tmp/r.fp8.$run.txt > "$out/cli-fp8-$run.txt" 2>&1
+        echo "fp8 process $run: $(grep scored "$out/cli-fp8-$run.txt"); whole command" \
+            "$(python3 -c "print(f'{$(date +%s.%N) - $began:.1f} s')")"
     done
     ;;
 all)

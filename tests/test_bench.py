@@ -186,3 +186,32 @@ def test_crossencoder_baseline_is_fp32_next_to_a_bf16_reranker(tokenizer):
     records = _crossencoder_records(reranker, workload, config)
     assert [(record.method, record.dtype) for record in records] == [("crossencoder", "fp32"),
                                                                     ("crossencoder-bf16", "bf16")]
+
+
+def test_forward_timeline_stamps_forwards_and_spans_then_removes_its_hooks():
+    """`bench_timing.ForwardTimeline` (bin/profile-predict, bin/profile-rerank) on the CPU: one stamp per forward
+    with its token count, one span per call of a wrapped function, and on exit the hooks and the wrapper gone."""
+    import types
+
+    from pyserini_ssm.bench_timing import ForwardTimeline
+
+    class Model(torch.nn.Module):
+        def forward(self, batch):
+            return batch["input_ids"].float().sum()
+
+    model = Model()
+    owner = types.SimpleNamespace(tokenize=lambda texts: [len(text) for text in texts])
+    original = owner.tokenize
+    with ForwardTimeline(model, cuda=False) as stamps:
+        stamps.wrap(owner, "tokenize", "tokenize")
+        assert owner.tokenize(["ab", "c"]) == [2, 1]
+        for tokens in (3, 5):
+            model({"input_ids": torch.ones(1, tokens, dtype=torch.long)})
+    assert [row["tokens"] for row in stamps.forwards] == [3, 5]
+    assert all(row["host_end"] >= row["host_start"] for row in stamps.forwards)
+    assert [span[0] for span in stamps.spans] == ["tokenize"]
+    assert owner.tokenize is original and not model._forward_hooks and not model._forward_pre_hooks
+    lines = stamps.lines()
+    assert lines[0].startswith("tokenize [MainThread]") and lines[-1].startswith("2 forwards, 8 tokens")
+    model({"input_ids": torch.ones(1, 2, dtype=torch.long)})  # after the exit: not stamped
+    assert len(stamps.forwards) == 2

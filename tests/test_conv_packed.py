@@ -24,8 +24,10 @@ def random_row(lengths, channels=24, width=4, dtype=torch.float64, seed=0, devic
     weight (C, W), bias (C,), seq_start (T,) int32."""
     generator = torch.Generator().manual_seed(seed)
     tokens = int(sum(lengths))
-    wide = torch.randn(tokens, channels + (7 if strided else 0), generator=generator, dtype=torch.float64)
-    x = wide.to(device, dtype)[:, 3:3 + channels] if strided else wide.to(device, dtype)
+    wide = torch.randn(tokens, channels + (16 if strided else 0), generator=generator, dtype=torch.float64)
+    # strided: an offset and a row stride that are multiples of 8, as the in_proj split gives (causal_conv1d's
+    # channel-last layout requires them)
+    x = wide.to(device, dtype)[:, 8:8 + channels] if strided else wide.to(device, dtype)
     weight = (torch.randn(channels, width, generator=generator, dtype=torch.float64) * 0.5).to(device, dtype)
     bias = (torch.randn(channels, generator=generator, dtype=torch.float64) * 0.5).to(device, dtype)
     starts = torch.cumsum(torch.tensor([0] + list(lengths[:-1])), 0)
@@ -150,13 +152,17 @@ def test_gpu_model_scores_with_the_triton_conv(monkeypatch):
     seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
                                       torch.tensor(lengths)).cuda()[None]
     last = torch.tensor(np.cumsum(lengths) - 1, device="cuda")
-    outputs = {}
-    for name in ("causal_conv1d", "triton"):
-        monkeypatch.setattr(mixer_module, "CONV_BACKEND", name)
+    outputs, kernels = {}, {}
+    for name, fold in (("causal_conv1d", False), ("triton", False), ("triton folded", True)):
+        monkeypatch.setattr(mixer_module, "CONV_BACKEND", name.split()[0])
+        monkeypatch.setattr(mixer_module, "CONV_FOLD", fold)
         with torch.no_grad():
             outputs[name] = backbone(input_ids, seq_idx=seq_idx)[0, last]
-    error = float((outputs["triton"] - outputs["causal_conv1d"]).abs().max() / outputs["causal_conv1d"].abs().max())
-    assert error <= 1e-5, error
+        kernels[name] = backbone.model.last_ssd_kernels
+    for name in ("triton", "triton folded"):
+        error = float((outputs[name] - outputs["causal_conv1d"]).abs().max() / outputs["causal_conv1d"].abs().max())
+        assert error <= 1e-5, (name, error)
+    assert "folded" in kernels["triton folded"] and "folded" not in kernels["triton"], kernels
     monkeypatch.setattr(mixer_module, "CONV_BACKEND", "triton")
     with_grad = backbone(input_ids, seq_idx=seq_idx)[0, last]  # training path: causal_conv1d, differentiable
     with_grad.sum().backward()

@@ -685,3 +685,36 @@ def test_prefetched_closes_its_source_in_the_producer_thread_when_the_consumer_s
     assert next(items) == 0
     items.close()
     assert closed_in == ["prefetch-texts"]
+
+
+def test_background_commits_are_written_in_order_and_an_error_stops_the_later_ones(tmp_path, monkeypatch):
+    """`BackgroundCommits` writes each group as `PartialRun.commit` would, in order; after a failed commit (a full
+    disk) the later groups are dropped rather than written behind a torn line, and the error reaches the caller."""
+    from pyserini_ssm.reranking.partial import BackgroundCommits, PartialRun
+
+    path = tmp_path / "run.txt.partial"
+    partial = PartialRun.open(path, {"model": "m"})
+    commits = BackgroundCommits(partial)
+    for group in range(5):
+        commits.commit(group, [f"q{group}"], f"q{group} Q0 d 1 1.000000 t\n")
+    commits.drain()
+    assert list(partial.done) == [0, 1, 2, 3, 4]
+    partial.close()
+    reopened = PartialRun.open(path, {"model": "m"})
+    assert sorted(reopened.done) == [0, 1, 2, 3, 4]
+
+    original = PartialRun.commit
+
+    def failing(self, group, *args):
+        if group == 6:
+            raise UserError("cannot write run.txt.partial: no space left on the device")
+        return original(self, group, *args)
+
+    monkeypatch.setattr(PartialRun, "commit", failing)
+    commits = BackgroundCommits(reopened)
+    for group in range(5, 9):
+        commits.commit(group, ["q"], "q Q0 d 1 1.000000 t\n")
+    with pytest.raises(UserError, match="no space left"):
+        commits.drain()
+    assert sorted(reopened.done) == [0, 1, 2, 3, 4, 5]  # 7 and 8 were not written after the failed 6
+    reopened.close()

@@ -181,6 +181,8 @@ def test_interpreted_kernel_more_rows(lengths, dt_limit, seed):
     {"PYSERINI_SSM_SSD_FWD": "default", "PYSERINI_SSM_SSD_DT_LAYOUT": "th"},  # the kernels before the defaults moved
     {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "th"},
     {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},
+    # dt and its cumulative sum in blocks of 2 heads: two programs a tile
+    {"PYSERINI_SSM_SSD_FWD": "factored", "PYSERINI_SSM_SSD_DT_LAYOUT": "ht", "PYSERINI_SSM_SSD_DT_HEADS": "2"},
     {"PYSERINI_SSM_SSD_FWD": "wide", "PYSERINI_SSM_SSD_FWD_HEADS": "2"},  # both heads of a group in one program
 ])
 def test_interpreted_forward_variants_match_float64_reference(switches):
@@ -200,6 +202,48 @@ def test_interpreted_factored_forward_with_sequences_across_blocks(switches):
     errors = _interpreted([3, 45, 1, 14, 64, 1, 60, 2], 64, dt_limit=(0.0, 3.0), seed=7, env_switches=switches)
     for name in ("y",) + GRAD_NAMES:
         assert errors[name] < fp32_tolerance(name), (name, switches, errors)
+
+
+def compare_conv_folded(lengths, block_t, device="cpu", dtype=torch.float32, seed=0, with_bias=True) -> dict:
+    """The depthwise conv + SiLU folded into the forward's x loads (`ssd_short_conv_folded`) against the conv stored
+    first (`ops.conv_packed`) and the SSD on its output: their max abs difference (0: the same tile function and the
+    same rounding) and the output's largest magnitude."""
+    from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
+    from pyserini_ssm.ops.ssd_short import plan_short_ssd, ssd_short, ssd_short_conv_folded
+
+    (_, dt_raw, A, B, C, D, dt_bias), seq_idx = random_case(lengths, dtype=dtype, device=device, seed=seed)
+    tokens, heads, head_dim = seq_idx.shape[0], 4, 16
+    channels = heads * head_dim
+    generator = torch.Generator().manual_seed(seed + 2)
+    # the conv's input as the mixer has it: a view of a wider in_proj output (row stride > H P), heads contiguous
+    wide = torch.randn(tokens, channels + 24, generator=generator, dtype=torch.float64).to(device, dtype)
+    x_in = wide[:, 8:8 + channels]
+    weight = (torch.randn(channels, 4, generator=generator, dtype=torch.float64) * 0.5).to(device, dtype)
+    bias = (torch.randn(channels, generator=generator, dtype=torch.float64) * 0.5).to(device, dtype)
+    bias = bias if with_bias else None
+    plan = plan_short_ssd(seq_idx[None], tokens, torch.device(device), block_t=block_t)
+    with torch.no_grad():
+        x = packed_causal_conv1d(x_in, weight, bias, plan.seq_start).view(tokens, heads, head_dim)
+        stored = ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan)
+        folded = ssd_short_conv_folded(x_in.view(tokens, heads, head_dim), dt_raw, A, B, C, D, dt_bias, plan,
+                                       weight, bias)
+    return {"max_abs": float((folded.double() - stored.double()).abs().max()), "scale": float(stored.abs().max())}
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_interpreted_conv_folded_into_the_forward_is_the_stored_conv(with_bias):
+    """Sequences of 1 token, crossing row blocks (16 rows under the interpreter), exactly the tile: the folded conv
+    restarts at each sequence start and before the row, as the stored conv does."""
+    call = f"t.compare_conv_folded([1, 32, 5, 3, 20, 12, 2, 1, 31], 32, with_bias={with_bias})"
+    errors = interpreted("test_ssd_short", call, env={"PYSERINI_SSM_SSD_BLOCK_M": "16"})
+    assert errors["scale"] > 0.1 and errors["max_abs"] == 0.0, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_conv_folded_into_the_forward_is_the_stored_conv(dtype):
+    errors = compare_conv_folded([1, 256, 5, 101, 99, 1, 200, 64, 65, 31, 3], 256, device="cuda", dtype=dtype)
+    assert errors["scale"] > 0.1 and errors["max_abs"] == 0.0, errors
 
 
 def compare_dt_chain(lengths, block_t, dt_limit, device="cpu", seed=0) -> dict:

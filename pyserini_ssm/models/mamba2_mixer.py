@@ -2,8 +2,8 @@
 `Mamba2` module's own parameters (same weights, same state dict keys).
 
     in_proj (module) -> depthwise causal conv + SiLU (restarted per sequence; `ops.conv_packed` in inference unless
-    PYSERINI_SSM_CONV=causal_conv1d, causal_conv1d with seq_idx in training) -> SSD: ours for sequences of at most
-    `plan.block_t` tokens,
+    PYSERINI_SSM_CONV=causal_conv1d, x's channels folded into the SSD's loads with PYSERINI_SSM_CONV_FOLD=1;
+    causal_conv1d with seq_idx in training) -> SSD: ours for sequences of at most `plan.block_t` tokens,
     mamba_ssm's `mamba_chunk_scan_combined` (seq_idx) for the longer ones -> gated RMSNorm, norm(y * silu(z)) per
     group (`ops.rmsnorm.gated_rmsnorm` with one group and `lean_norm`, else the module: mamba_ssm's
     `RMSNormGated`) -> out_proj (module)
@@ -25,12 +25,18 @@ from torch import nn
 from pyserini_ssm.ops.ssd_short import ShortSSDPlan, ssd_short
 
 # The depthwise conv + SiLU of inference: ops.conv_packed's Triton kernel (default: coalesced over channels, forward
-# only; 0.184 ms against causal_conv1d's 0.222 at 32k tokens on the H200, bin/profile-short-ssd, 2026-12-02) or
+# only; 0.177 ms against causal_conv1d's 0.225 at 32k tokens on the H200, bin/profile-short-ssd, 2026-12-02) or
 # causal_conv1d's CUDA kernel. Training (any input or weight needing a gradient) always runs causal_conv1d, which has
 # the backward.
 CONV_BACKEND = os.environ.get("PYSERINI_SSM_CONV", "triton")
 if CONV_BACKEND not in ("causal_conv1d", "triton"):
     raise ValueError(f"PYSERINI_SSM_CONV must be causal_conv1d or triton, got {CONV_BACKEND!r}")
+# PYSERINI_SSM_CONV_FOLD=1 (inference, Triton conv): the conv + SiLU of x's channels (3,072 of mamba2-780m's 3,328)
+# runs inside the SSD's forward as it loads x (`ssd_short_conv_folded`), so those channels are never written out and
+# read back. Off by default: it was slower (H200, 2026-12-02: a 32k-token row 133 ms on the GPU against 111-114
+# without it; the forward recomputes the four taps of every x tile it reads, up to four times a tile, in a
+# latency-bound loop). Off, the conv is stored first (ops.conv_packed), as training always does.
+CONV_FOLD = os.environ.get("PYSERINI_SSM_CONV_FOLD", "0") == "1"
 
 
 def short_ssd_unsupported(mixer: nn.Module) -> str | None:
@@ -69,17 +75,30 @@ def mamba2_mixer_forward(
     # squeeze(0), never [0]: the backward of a select writes its gradient into a zeroed copy of the whole input (a
     # fill and a strided copy of the (T, C) channels, about 0.3 ms each a layer at 13k tokens on an H200), where
     # squeeze's backward is a view
-    xbc = _conv_silu(mixer, xbc.squeeze(0), plan, seq_idx)  # (T, C)
     dt_raw = dt_raw.squeeze(0)  # (T, H)
-    x, B, C = torch.split(xbc, [d_ssm, groups * state, groups * state], dim=-1)
-    x = x.view(tokens, heads, head_dim)  # (T, H, P)
-    B = B.view(tokens, groups, state)  # (T, G, N)
-    C = C.view(tokens, groups, state)
     A = -torch.exp(mixer.A_log.float())  # (H,)
     dt_limit = tuple(float(v) for v in mixer.dt_limit)
-    y = ssd_short(x, dt_raw, A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, fill_long=False)  # (T, H, P)
-    if plan.long_index is not None:  # in place: no copy of the whole row (y is not saved by ShortSSDFn)
-        y.index_copy_(0, plan.long_index, _long_ssd(mixer, x, dt_raw, A, B, C, plan, dt_limit))
+    if conv_folds(mixer, plan):
+        xbc = xbc.squeeze(0)  # (T, C) the conv's input
+        weight, bias = mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias  # (C, W), (C,)
+        from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
+        from pyserini_ssm.ops.ssd_short import ssd_short_conv_folded
+
+        bc = packed_causal_conv1d(xbc[:, d_ssm:], weight[d_ssm:], bias[d_ssm:] if bias is not None else None,
+                                  plan.seq_start)  # (T, 2 G N): only B and C are stored
+        B, C = (part.view(tokens, groups, state) for part in torch.split(bc, [groups * state] * 2, dim=-1))
+        y = ssd_short_conv_folded(xbc[:, :d_ssm].view(tokens, heads, head_dim), dt_raw, A, B, C, mixer.D,
+                                  mixer.dt_bias, plan, weight[:d_ssm], bias[:d_ssm] if bias is not None else None,
+                                  dt_limit)  # (T, H, P)
+    else:
+        xbc = _conv_silu(mixer, xbc.squeeze(0), plan, seq_idx)  # (T, C)
+        x, B, C = torch.split(xbc, [d_ssm, groups * state, groups * state], dim=-1)
+        x = x.view(tokens, heads, head_dim)  # (T, H, P)
+        B = B.view(tokens, groups, state)  # (T, G, N)
+        C = C.view(tokens, groups, state)
+        y = ssd_short(x, dt_raw, A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, fill_long=False)  # (T, H, P)
+        if plan.long_index is not None:  # in place: no copy of the whole row (y is not saved by ShortSSDFn)
+            y.index_copy_(0, plan.long_index, _long_ssd(mixer, x, dt_raw, A, B, C, plan, dt_limit))
     y = y.view(1, tokens, d_ssm)
     if output_positions is not None:
         y, z = y[:, output_positions], z[:, output_positions]  # (1, K, d_ssm)
@@ -92,6 +111,19 @@ def mamba2_mixer_forward(
         return mixer.out_proj(gated_rmsnorm(y, z, mixer.norm.weight, mixer.norm.eps,
                                             quantize=quantize))  # (1, T or K, D)
     return mixer.out_proj(mixer.norm(y, z))  # (1, T or K, D)
+
+
+def conv_folds(mixer: nn.Module, plan: ShortSSDPlan) -> bool:
+    """Whether this forward folds the conv of x's channels into the SSD (`CONV_FOLD`): inference (no gradient to
+    any parameter), the Triton conv, the factored forward, every sequence in a tile (the chunked scan of a longer
+    one reads stored x)."""
+    from pyserini_ssm.ops import conv_packed, ssd_short
+
+    if not CONV_FOLD or CONV_BACKEND != "triton" or ssd_short.FWD_VARIANT != "factored":
+        return False
+    if plan.long_index is not None or mixer.conv1d.weight.shape[-1] > conv_packed.MAX_WIDTH:
+        return False
+    return not (torch.is_grad_enabled() and any(p.requires_grad for p in mixer.parameters()))
 
 
 def _conv_silu(mixer: nn.Module, xbc: torch.Tensor, plan: ShortSSDPlan, seq_idx: torch.Tensor | None) -> torch.Tensor:

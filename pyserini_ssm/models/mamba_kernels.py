@@ -279,6 +279,10 @@ class MambaKernelBackbone(nn.Module):
                         f"{plan.long_tokens} tokens)")
         if self.norm_backend == "triton":
             kernels += ", rmsnorm triton"
+        from pyserini_ssm.models.mamba2_mixer import conv_folds
+
+        if conv_folds(self.layers[0].mixer, plan):
+            kernels += ", conv + SiLU of x folded into the SSD"
         self.last_ssd_kernels = kernels
         return plan
 

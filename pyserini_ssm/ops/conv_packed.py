@@ -7,8 +7,9 @@ with the sequence boundaries given as each token's sequence start (`ShortSSDPlan
     y[t, c] = silu(bias[c] + sum_{k < W} weight[c, k] * x[t - (W - 1) + k, c]),  terms before seq_start[t] are zero
 
 One program per (token block, channel block); channels are contiguous in memory and in each program's tile, so
-every load and store is coalesced (the W shifted loads of one program overlap in L1/L2). Inference only: training
-keeps causal_conv1d (it has the backward).
+every load and store is coalesced (the W shifted loads of one program overlap in L1/L2). The kernel and its tile
+function are in `ops.conv_kernels`; the short SSD's forward reads x through the same tile function. Inference only:
+training keeps causal_conv1d (it has the backward).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-# Tile of one program: tokens x channels ("32x128", the fastest of four on the H200 on 2026-12-02: 0.184 ms at 32k
-# tokens x 3328 channels, causal_conv1d 0.222 ms). Read at import, as the SSD's settings; bin/profile-short-ssd
-# sets the module attributes to time others.
-_block = os.environ.get("PYSERINI_SSM_CONV_BLOCK", "32x128").lower().split("x")
+# Tile of one program: tokens x channels ("16x256", the fastest of seven on the H200 on 2026-12-02: 0.177 ms at 32k
+# tokens x 3328 channels, 32x128 0.186, causal_conv1d 0.225). Read at import, as the SSD's settings;
+# bin/profile-short-ssd sets the module attributes to time others.
+_block = os.environ.get("PYSERINI_SSM_CONV_BLOCK", "16x256").lower().split("x")
 BLOCK_TOKENS, BLOCK_CHANNELS = int(_block[0]), int(_block[1])
 NUM_WARPS = int(os.environ.get("PYSERINI_SSM_CONV_WARPS", "4"))
 MAX_WIDTH = 4
@@ -50,33 +51,7 @@ def packed_causal_conv1d_reference(x: torch.Tensor, weight: torch.Tensor, bias: 
 
 @functools.cache
 def _kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def conv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, seq_start_ptr, tokens, channels, s_x_t, s_y_t, s_w_c, s_w_k,
-                    W: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SILU: tl.constexpr):
-        # Channel blocks vary fastest: programs running together read neighbouring channels of the same tokens.
-        ch = tl.program_id(0) * BC + tl.arange(0, BC)
-        rows = tl.program_id(1) * BT + tl.arange(0, BT)
-        row_ok = rows < tokens
-        ch_ok = ch < channels
-        start = tl.load(seq_start_ptr + rows, mask=row_ok, other=0)
-        acc = tl.zeros((BT, BC), dtype=tl.float32)
-        for k in tl.static_range(W):
-            source = rows - (W - 1 - k)
-            ok = row_ok & (source >= start)  # the tap reaches back into another sequence (or before the row)
-            xv = tl.load(x_ptr + source[:, None] * s_x_t + ch[None, :], mask=ok[:, None] & ch_ok[None, :],
-                         other=0.0)
-            wk = tl.load(w_ptr + ch * s_w_c + k * s_w_k, mask=ch_ok, other=0.0)
-            acc += xv.to(tl.float32) * wk.to(tl.float32)[None, :]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)[None, :]
-        if SILU:
-            acc = acc * tl.sigmoid(acc)
-        tl.store(y_ptr + rows[:, None] * s_y_t + ch[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & ch_ok[None, :])
+    from pyserini_ssm.ops.conv_kernels import conv_kernel
 
     return conv_kernel
 

@@ -18,6 +18,7 @@ with no autotuner or heuristics around them, and several rows per program (the g
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
@@ -26,7 +27,12 @@ import torch.nn.functional as F
 # Values one program holds per tensor: rows x the power-of-two width (forward: 4 rows of mamba2-780m's 1,536
 # channels in 2,048 lanes, 2 of the gated norm's 3,072 in 4,096; the backward, with more tensors live, half as many
 # rows), 32 or 16 a thread at 8 warps: no register spills.
-FORWARD_VALUES, BACKWARD_VALUES, WARPS = 8192, 4096, 8
+# PYSERINI_SSM_NORM_VALUES / PYSERINI_SSM_NORM_WARPS set the forward's (bin/profile-short-ssd --norm-configs times
+# settings).
+FORWARD_VALUES = int(os.environ.get("PYSERINI_SSM_NORM_VALUES", "8192"))
+BACKWARD_VALUES = 4096
+WARPS = int(os.environ.get("PYSERINI_SSM_NORM_WARPS", "8"))
+BACKWARD_WARPS = 8
 # Rows one backward program runs through, summing its share of the weight's gradient: at 32k tokens 512 programs
 # and a (512, N) fp32 buffer of partial sums to add up.
 ROWS_PER_PROGRAM = 64
@@ -136,7 +142,7 @@ class AddRMSNormFn(torch.autograd.Function):
             ro.stride(0), dy.stride(0), dro.stride(0) if dro is not None else 0, dx.stride(0),
             dr.stride(0) if dr is not None else 0,
             HAS_DRO=dro is not None, STORE_DR=dr is not None, ROWS=rows_at_once, RPP=ROWS_PER_PROGRAM, BN=block,
-            num_warps=WARPS)
+            num_warps=BACKWARD_WARPS)
         dresidual = (dr if dr is not None else dx).view(ctx.shape) if ctx.has_residual else None
         return dx.view(ctx.shape), dresidual, dw.sum(0).to(weight.dtype), None, None
 
@@ -202,7 +208,8 @@ class GatedRMSNormFn(torch.autograd.Function):
         block, rows_at_once = _block(n, BACKWARD_VALUES)
         _kernels()[3][(programs,)](
             y2, z2, weight, dout, rstd, dy, dz, dw, rows, n, y2.stride(0), z2.stride(0), dout.stride(0),
-            dy.stride(0), dz.stride(0), ROWS=rows_at_once, RPP=ROWS_PER_PROGRAM, BN=block, num_warps=WARPS)
+            dy.stride(0), dz.stride(0), ROWS=rows_at_once, RPP=ROWS_PER_PROGRAM, BN=block,
+            num_warps=BACKWARD_WARPS)
         return dy.view(ctx.shapes[0]), dz.view(ctx.shapes[1]), dw.sum(0).to(weight.dtype), None
 
 

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 
 from pyserini_ssm.ops.batching import to_device
-from pyserini_ssm.ops.ssd_short_kernels import triton_kernels as _kernels
 
 DEFAULT_BLOCK_T = 256  # tile: the longest sequence this kernel takes (longer ones: mamba_ssm's chunked scan)
 BLOCK_M = int(os.environ.get("PYSERINI_SSM_SSD_BLOCK_M", "64"))  # rows (and columns) per sub-block of a tile
@@ -67,6 +66,9 @@ FWD_VARIANTS = ("default", "factored", "wide")
 if FWD_VARIANT not in FWD_VARIANTS or DT_LAYOUT not in ("th", "ht"):
     raise ValueError(f"PYSERINI_SSM_SSD_FWD must be one of {FWD_VARIANTS} and PYSERINI_SSM_SSD_DT_LAYOUT th or ht, "
                      f"got {FWD_VARIANT!r} and {DT_LAYOUT!r}")
+# dt and its cumulative sum: one program per (tile, block of this many heads), with this many warps
+DT_HEADS_BLOCK = int(os.environ.get("PYSERINI_SSM_SSD_DT_HEADS", "16"))
+DT_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_DT_WARPS", "4"))
 SOFTPLUS_THRESHOLD = 20.0  # as torch's softplus and mamba_ssm's _chunk_cumsum kernels
 
 
@@ -182,7 +184,14 @@ def plan_short_ssd(seq_idx: torch.Tensor | None, tokens: int, device: torch.devi
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Launching the Triton kernels (ops/ssd_short_kernels.py; built on first use: importing this module needs no triton)
+# Launching the Triton kernels (ops/ssd_short_kernels.py, imported on first use: importing this module needs no
+# triton)
+
+
+def _kernels():
+    from pyserini_ssm.ops.ssd_short_kernels import triton_kernels
+
+    return triton_kernels()
 
 
 def _interpreted() -> bool:
@@ -214,16 +223,22 @@ def _dt_cumsum(dt_raw, dt_bias, A, plan: ShortSSDPlan, dt_limit) -> tuple[torch.
     # stored (H, T) under DT_LAYOUT "ht" (per-head loads contiguous)
     allocate = torch.zeros if plan.long_index is not None else torch.empty
     if DT_LAYOUT == "ht":
-        dt, cs = allocate(2, heads, tokens, device=dt_raw.device, dtype=torch.float32).transpose(1, 2).unbind(0)
+        # each head's row padded to a multiple of 16 tokens: the kernels take its stride, and Triton compiles
+        # another variant for a stride that is not divisible by 16 (one per row length class: a compilation in the
+        # middle of a run)
+        padded = -(-tokens // 16) * 16
+        dt, cs = allocate(2, heads, padded, device=dt_raw.device, dtype=torch.float32)[:, :, :tokens].transpose(
+            1, 2).unbind(0)
     else:
         dt, cs = allocate(2, tokens, heads, device=dt_raw.device, dtype=torch.float32).unbind(0)
     if plan.tiles:
         import triton
 
-        dt_cumsum_kernel[(plan.tiles,)](
+        heads_block = min(DT_HEADS_BLOCK, triton.next_power_of_2(heads))
+        dt_cumsum_kernel[(plan.tiles, triton.cdiv(heads, heads_block))](
             dt_raw, dt_bias if dt_bias is not None else A, A, dt, cs, plan.tile_start, plan.tile_end,
             dt_raw.stride(0), dt.stride(0), dt.stride(1), heads, float(dt_limit[0]), float(dt_limit[1]),
-            BT=plan.block_t, HB=triton.next_power_of_2(heads), HAS_BIAS=dt_bias is not None, num_warps=8,
+            BT=plan.block_t, HB=heads_block, HAS_BIAS=dt_bias is not None, num_warps=DT_WARPS,
         )
     return dt, cs
 
@@ -244,12 +259,18 @@ def _masked_cb(B, C, plan: ShortSSDPlan, dtype: torch.dtype) -> torch.Tensor:
     return cb
 
 
-def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = True) -> torch.Tensor:
+def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = True,
+                      conv: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """Y (T, H, P) for the tiled tokens (zeros at long-sequence tokens when `fill_long`, else left unwritten).
-    x (T, H, P), dt/cs (T, H) fp32 from `_dt_cumsum`, cb from `_masked_cb`, D (H,) or None."""
+    x (T, H, P), dt/cs (T, H) fp32 from `_dt_cumsum`, cb from `_masked_cb`, D (H,) or None.
+
+    `conv` = (weight (H P, W), bias (H P,) or None): x is the depthwise causal conv's input, and the SSD reads
+    silu(conv(x)) (restarted per sequence, rounded to x's dtype) as it loads x (the "factored" forward only)."""
     kernels = _kernels()
     tokens, heads, head_dim = x.shape
     groups = cb.shape[1]
+    if conv is not None and (FWD_VARIANT != "factored" or x.stride(1) != head_dim):
+        raise ValueError("the conv is folded into the factored forward only, over heads contiguous in memory")
     y = torch.empty(tokens, heads, head_dim, device=x.device, dtype=x.dtype)
     if fill_long and plan.long_index is not None:
         y[plan.long_index] = 0
@@ -269,12 +290,17 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
                 **common,
             )
         else:
-            fwd_kernel = kernels.fwd_factored if FWD_VARIANT in ("factored", "wide") else kernels.fwd
-            fwd_kernel[grid](
-                x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
-                x.stride(0), x.stride(1), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads,
-                heads // groups, groups, **common,
-            )
+            args = (x, cb, dt, cs, D if D is not None else dt, y, plan.seq_start, plan.tile_start, plan.tile_end,
+                    x.stride(0), x.stride(1), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads,
+                    heads // groups, groups)
+            if FWD_VARIANT in ("factored", "wide"):
+                weight, bias = conv if conv is not None else (x, None)
+                kernels.fwd_factored[grid](
+                    *args, weight, bias if bias is not None else weight, weight.stride(0) if conv else 0,
+                    weight.stride(1) if conv else 0, **common, CONV=conv is not None,
+                    CONV_W=weight.shape[1] if conv else 1, CONV_BIAS=bias is not None)
+            else:
+                kernels.fwd[grid](*args, **common)
     return y
 
 
@@ -391,6 +417,25 @@ def dt_chain_reference(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, seq_e
     if long_index is not None:
         ddt_raw[long_index] = 0.0
     return ddt_raw, dA, ddt_raw.double().sum(0), ddd.double().sum(0)
+
+
+def ssd_short_conv_folded(x_in, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan, conv_weight: torch.Tensor,
+                          conv_bias: torch.Tensor | None,
+                          dt_limit: tuple[float, float] = (0.0, float("inf"))) -> torch.Tensor:
+    """`ssd_short(silu(conv(x_in)), ...)` for inference, the conv folded into the forward's x loads: x_in (T, H, P)
+    is the depthwise causal conv's input over x's channels (a view of the in_proj output, heads contiguous),
+    conv_weight (H P, W <= 4) and conv_bias (H P,) or None its parameters for those channels; B and C are already
+    convolved. No gradient; a row with sequences longer than the tile is refused (their chunked scan needs x)."""
+    if plan.long_index is not None:
+        raise ValueError("the folded conv needs every sequence in a tile (no long sequences)")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (x_in, dt_raw, B, C, D, dt_bias, conv_weight, conv_bias)):
+        raise ValueError("ssd_short_conv_folded is for inference: no gradient flows through it")
+    _check(x_in, B)
+    A = A.float().contiguous()
+    dt, cs = _dt_cumsum(dt_raw, dt_bias, A, plan, tuple(float(v) for v in dt_limit))
+    cb = _masked_cb(B, C, plan, x_in.dtype)
+    return ssd_short_forward(x_in, dt, cs, cb, D, plan, conv=(conv_weight, conv_bias))
 
 
 def ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan,

@@ -12,7 +12,8 @@ How a run is produced (see docs/RERANKING.md):
    its scores are bitwise the same in a 1-process run, a torchrun run and a resumed run.
 3. Groups are sharded across torchrun ranks by their pair count (`distributed.shard_by_cost`). Each rank streams
    its groups: fetch texts for a window of groups, score a group, append its TREC lines to the rank's partial file
-   (flush + fsync), repeat. Memory is bounded by the fetch window and the batch, not the run.
+   (flush + fsync, in a background thread, in order: `partial.BackgroundCommits`), repeat. Memory is bounded by
+   the fetch window and the batch, not the run.
 4. When every rank is done (barrier), rank 0 concatenates the groups in input order into the final run through an
    atomic rename, and removes the partial files. The final run is byte-identical however the work was split.
 
@@ -47,6 +48,7 @@ from pyserini_ssm.errors import UserError
 from pyserini_ssm.reranking.config import RerankConfig, _output_path, _validate, model_label, with_default_topics
 from pyserini_ssm.reranking.evaluation import _load_qrels_first, evaluate_before_after, qrels_name_for_topics
 from pyserini_ssm.reranking.partial import (
+    BackgroundCommits,
     PartialRun,
     _device_type,
     _dtype_fingerprint,
@@ -270,6 +272,7 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext, qrels
         skipped[0] += 1
 
     scored_pairs = 0
+    commits = BackgroundCommits(partial)
     barrier(context)
     scoring_started = time.perf_counter()
     total_pairs = sum(group.pairs for group in mine)
@@ -313,10 +316,12 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext, qrels
                 if config.output_format == "rank_llm":
                     requests = "".join(rank_llm_request_line(query, hits, head, len(tail))
                                        for query, hits, head, tail in zip(group.queries, results, reranked, tails))
-                partial.commit(group.index, [query.qid for query in group.queries], text, requests)
+                commits.commit(group.index, [query.qid for query in group.queries], text, requests)
                 scored_pairs += pairs
                 bar.update(group.pairs - (pairs if per_batch is not None and _streams(reranker) else 0))
+        commits.drain()
     except UserError as error:
+        commits.drain(raise_errors=False)  # what was finished is committed before the error is reported
         # Finished groups stay in the partial file: fixing the input and rerunning resumes from them. A file with
         # nothing finished is removed, so a bad input leaves no trace.
         if not partial.done:
@@ -328,6 +333,7 @@ def _run(config: RerankConfig, reranker: Any, context: DistributedContext, qrels
         raise UserError(f"{error} (the {finished} queries finished so far are kept in {partial.path}: rerun the "
                         f"same command to resume)") from None
     finally:
+        commits.drain(raise_errors=False)
         partial.close()
     if skipped[0]:
         logger.warning("skipped %d documents missing from the index or without text (--skip-missing)", skipped[0])
