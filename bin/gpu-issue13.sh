@@ -29,6 +29,21 @@ mkdir -p "$out"
 bash .gpu/install-on-device.sh >/dev/null 2>&1 || { echo "install-on-device failed"; exit 1; }
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+# The rerank command on 43,000 DL19-like pairs in FP8 as two fresh processes, each under a limit of $1 s: the first
+# compiles what the machine's Triton cache lacks, the second is the figure; prints both scoring phases and wall times
+cli_fp8_twice() {
+    python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
+    [ -d /tmp/m2 ] || timeout 50 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
+        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
+    for run in 1 2; do
+        began=$(date +%s.%N)
+        timeout "$1" python3 -m pyserini_ssm.rerank --model /tmp/m2 --no-progress --candidates /tmp/t1k.json.gz \
+            --dtype fp8 --output /tmp/r.fp8.$run.txt > "$out/cli-fp8-$run.txt" 2>&1
+        echo "fp8 process $run: $(grep scored "$out/cli-fp8-$run.txt"); whole command" \
+            "$(python3 -c "print(f'{$(date +%s.%N) - $began:.1f} s')")"
+    done
+}
+
 case "$what" in
 tests)
     for file in tests/test_ssd_short.py tests/test_conv_packed.py; do
@@ -97,30 +112,12 @@ fold)
     tail -1 "$out/gpu-tests.txt"
     timeout 170 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 3 > "$out/predict.txt" 2>&1
     grep "^==\|GPU idle" "$out/predict.txt"
-    python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
-    timeout 60 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
-        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
-    for run in 1 2; do
-        began=$(date +%s.%N)
-        timeout 80 python3 -m pyserini_ssm.rerank --model /tmp/m2 --no-progress --candidates /tmp/t1k.json.gz \
-            --dtype fp8 --output /tmp/r.fp8.$run.txt > "$out/cli-fp8-$run.txt" 2>&1
-        echo "fp8 process $run: $(grep scored "$out/cli-fp8-$run.txt"); whole command" \
-            "$(python3 -c "print(f'{$(date +%s.%N) - $began:.1f} s')")"
-    done
+    cli_fp8_twice 80
     ;;
 final)
     timeout 170 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 3 --compare-fold > "$out/predict.txt" 2>&1
     grep "^==\|GPU idle\|conv fold" "$out/predict.txt"
-    python3 bin/make-top1000-like $C /tmp/t1k.json.gz > /dev/null
-    timeout 50 python3 -m pyserini_ssm.init --model mamba2-780m --scale full \
-        --tokenizer tests/data/smollm2-tokenizer --output /tmp/m2 > "$out/init.txt" 2>&1
-    for run in 1 2; do
-        began=$(date +%s.%N)
-        timeout 60 python3 -m pyserini_ssm.rerank --model /tmp/m2 --no-progress --candidates /tmp/t1k.json.gz \
-            --dtype fp8 --output /tmp/r.fp8.$run.txt > "$out/cli-fp8-$run.txt" 2>&1
-        echo "fp8 process $run: $(grep scored "$out/cli-fp8-$run.txt"); whole command" \
-            "$(python3 -c "print(f'{$(date +%s.%N) - $began:.1f} s')")"
-    done
+    cli_fp8_twice 60
     ;;
 all)
     # the fourth session's last call (under 8 minutes): GPU tests of the new norms, the FP8 quantisers and the model
