@@ -125,6 +125,7 @@ class ForwardTimeline:
         self.collections: list[tuple[int, float]] = []  # (generation, seconds) of each GC pass inside
         self._undo: list[Callable[[], None]] = []
         self._gc_started = 0.0
+        self._origin_event: Any = None  # the CUDA event at the start (CUDA models)
         self.origin = self.total = 0.0
 
     def wrap(self, owner: Any, name: str, label: str | None = None) -> None:
