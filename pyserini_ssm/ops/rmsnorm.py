@@ -27,8 +27,8 @@ import torch.nn.functional as F
 # Values one program holds per tensor: rows x the power-of-two width (forward: 4 rows of mamba2-780m's 1,536
 # channels in 2,048 lanes, 2 of the gated norm's 3,072 in 4,096; the backward, with more tensors live, half as many
 # rows), 32 or 16 a thread at 8 warps: no register spills.
-# PYSERINI_SSM_NORM_VALUES / PYSERINI_SSM_NORM_WARPS set the forward's (bin/profile-short-ssd --norm-configs times
-# settings).
+# PYSERINI_SSM_NORM_VALUES and PYSERINI_SSM_NORM_WARPS override the forward's two (bin/profile-short-ssd
+# --norm-configs times other settings: on the H200 none was faster by more than 2 %, 2026-12-02).
 FORWARD_VALUES = int(os.environ.get("PYSERINI_SSM_NORM_VALUES", "8192"))
 BACKWARD_VALUES = 4096
 WARPS = int(os.environ.get("PYSERINI_SSM_NORM_WARPS", "8"))
