@@ -64,9 +64,11 @@ def mamba2_mixer_forward(
     seq_idx: torch.Tensor | None,
     output_positions: torch.Tensor | None = None,
     lean_norm: bool = False,
+    fold_conv: bool = False,
 ) -> torch.Tensor:
     """Mixer output (1, T, D) of a packed row `hidden` (1, T, D), or (1, K, D) at `output_positions` (K,).
-    `lean_norm`: the gated norm through `ops.rmsnorm` (one group) instead of the mixer's mamba_ssm module."""
+    `lean_norm`: the gated norm through `ops.rmsnorm` (one group) instead of the mixer's mamba_ssm module.
+    `fold_conv`: the conv of x's channels inside the SSD's loads (`conv_folds` says when the backbone may)."""
     heads, head_dim, groups, state = mixer.nheads, mixer.headdim, mixer.ngroups, mixer.d_state
     d_ssm = mixer.d_ssm
     tokens = hidden.shape[1]  # hidden: a tensor, or ops.fp8.QuantizedRows under FP8 (in_proj takes either)
@@ -78,7 +80,7 @@ def mamba2_mixer_forward(
     dt_raw = dt_raw.squeeze(0)  # (T, H)
     A = -torch.exp(mixer.A_log.float())  # (H,)
     dt_limit = tuple(float(v) for v in mixer.dt_limit)
-    if conv_folds(mixer, plan):
+    if fold_conv:
         xbc = xbc.squeeze(0)  # (T, C) the conv's input
         weight, bias = mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias  # (C, W), (C,)
         from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
@@ -113,17 +115,18 @@ def mamba2_mixer_forward(
     return mixer.out_proj(mixer.norm(y, z))  # (1, T or K, D)
 
 
-def conv_folds(mixer: nn.Module, plan: ShortSSDPlan) -> bool:
-    """Whether this forward folds the conv of x's channels into the SSD (`CONV_FOLD`): inference (no gradient to
-    any parameter), the Triton conv, the factored forward, every sequence in a tile (the chunked scan of a longer
-    one reads stored x)."""
+def conv_folds(model: nn.Module, mixer: nn.Module, plan: ShortSSDPlan) -> bool:
+    """Whether a forward of `model` (the backbone holding the mixers, all of `mixer`'s shape) folds the conv of
+    x's channels into the SSD (`CONV_FOLD`), decided once for every layer: inference (no gradient can flow: grad
+    mode off, or no parameter of the model requires one, so no layer's input does either), the Triton conv, the
+    factored forward, every sequence in a tile (the chunked scan of a longer one reads stored x)."""
     from pyserini_ssm.ops import conv_packed, ssd_short
 
     if not CONV_FOLD or CONV_BACKEND != "triton" or ssd_short.FWD_VARIANT != "factored":
         return False
     if plan.long_index is not None or mixer.conv1d.weight.shape[-1] > conv_packed.MAX_WIDTH:
         return False
-    return not (torch.is_grad_enabled() and any(p.requires_grad for p in mixer.parameters()))
+    return not (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()))
 
 
 def _conv_silu(mixer: nn.Module, xbc: torch.Tensor, plan: ShortSSDPlan, seq_idx: torch.Tensor | None) -> torch.Tensor:

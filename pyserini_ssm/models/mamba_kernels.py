@@ -202,6 +202,13 @@ class MambaKernelBackbone(nn.Module):
             seq_idx = seq_idx.to(device=input_ids.device, dtype=torch.int32).contiguous()
             mixer_kwargs["seq_idx"] = seq_idx
         plan = self._short_ssd_plan(input_ids, seq_idx, sequence_lengths)
+        fold_conv = False
+        if plan is not None:
+            from pyserini_ssm.models.mamba2_mixer import conv_folds, mamba2_mixer_forward
+
+            fold_conv = conv_folds(self, self.layers[0].mixer, plan)
+            if fold_conv:
+                self.last_ssd_kernels += ", conv + SiLU of x folded into the SSD"
         lean_norms = plan is not None and self.norm_backend == "triton"
         quantize = False
         if lean_norms:
@@ -217,11 +224,9 @@ class MambaKernelBackbone(nn.Module):
             if plan is None:
                 hidden = layer.mixer(hidden, **mixer_kwargs)  # (B, L, D)
                 continue
-            from pyserini_ssm.models.mamba2_mixer import mamba2_mixer_forward
-
             positions = output_positions if index == last else None
-            hidden = mamba2_mixer_forward(layer.mixer, hidden, plan, seq_idx, positions,
-                                          lean_norm=lean_norms)  # (1, L or K, D)
+            hidden = mamba2_mixer_forward(layer.mixer, hidden, plan, seq_idx, positions, lean_norm=lean_norms,
+                                          fold_conv=fold_conv)  # (1, L or K, D)
             if positions is not None:
                 residual = residual[:, positions]
         out = self._add_norm(self.norm_f, hidden, residual, lean_norms, prenorm=False)
@@ -279,10 +284,6 @@ class MambaKernelBackbone(nn.Module):
                         f"{plan.long_tokens} tokens)")
         if self.norm_backend == "triton":
             kernels += ", rmsnorm triton"
-        from pyserini_ssm.models.mamba2_mixer import conv_folds
-
-        if conv_folds(self.layers[0].mixer, plan):
-            kernels += ", conv + SiLU of x folded into the SSD"
         self.last_ssd_kernels = kernels
         return plan
 

@@ -547,4 +547,3 @@ def describe(reranker: Reranker) -> str:
 
 __all__ = ["Reranker", "resolve_device", "resolve_dtype", "resolve_precision", "hit_fields", "describe",
            "init_untrained_head", "hf_backbone_for_saving"]
-

@@ -213,5 +213,5 @@ def fp8_linears(module: nn.Module) -> list[str]:
 
 
 __all__ = ["FP8_DTYPE", "FP8_MAX", "Fp8Linear", "QuantizedRows", "Fp8WeightError", "quantize_rowwise",
-           "quantize_rowwise_reference", "dequantize_rowwise", "fp8_linear_reference", "convert_linears_to_fp8", "fp8_shape_ok", "fp8_linears",
-           "quantizer_name"]
+           "quantize_rowwise_reference", "dequantize_rowwise", "fp8_linear_reference", "convert_linears_to_fp8",
+           "fp8_shape_ok", "fp8_linears", "quantizer_name"]

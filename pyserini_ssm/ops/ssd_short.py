@@ -259,6 +259,14 @@ def _masked_cb(B, C, plan: ShortSSDPlan, dtype: torch.dtype) -> torch.Tensor:
     return cb
 
 
+def _forward_inputs(x, dt_raw, A, B, C, dt_bias, plan: ShortSSDPlan, dt_limit):
+    """What the forward kernel reads besides x and D, checked: (A fp32 contiguous, dt, cs, the masked C B^T)."""
+    _check(x, B)
+    A = A.float().contiguous()
+    dt, cs = _dt_cumsum(dt_raw, dt_bias, A, plan, dt_limit)
+    return A, dt, cs, _masked_cb(B, C, plan, x.dtype)
+
+
 def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = True,
                       conv: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """Y (T, H, P) for the tiled tokens (zeros at long-sequence tokens when `fill_long`, else left unwritten).
@@ -294,11 +302,12 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
                     x.stride(0), x.stride(1), y.stride(0), y.stride(1), dt.stride(0), dt.stride(1), heads,
                     heads // groups, groups)
             if FWD_VARIANT in ("factored", "wide"):
-                weight, bias = conv if conv is not None else (x, None)
+                folded = conv is not None
+                weight, bias = conv if folded else (x, None)  # unread placeholders when not folded
                 kernels.fwd_factored[grid](
-                    *args, weight, bias if bias is not None else weight, weight.stride(0) if conv else 0,
-                    weight.stride(1) if conv else 0, **common, CONV=conv is not None,
-                    CONV_W=weight.shape[1] if conv else 1, CONV_BIAS=bias is not None)
+                    *args, weight, bias if bias is not None else weight, weight.stride(0) if folded else 0,
+                    weight.stride(1) if folded else 0, **common, CONV=folded,
+                    CONV_W=weight.shape[1] if folded else 1, CONV_BIAS=bias is not None)
             else:
                 kernels.fwd[grid](*args, **common)
     return y
@@ -309,10 +318,7 @@ class ShortSSDFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan, dt_limit, fill_long=True):
-        _check(x, B)
-        A = A.float().contiguous()
-        dt, cs = _dt_cumsum(dt_raw, dt_bias, A, plan, dt_limit)
-        cb = _masked_cb(B, C, plan, x.dtype)
+        A, dt, cs, cb = _forward_inputs(x, dt_raw, A, B, C, dt_bias, plan, dt_limit)
         y = ssd_short_forward(x, dt, cs, cb, D, plan, fill_long)
         # cb is kept for the backward (BT^2 per tile and group: 1/12 of x's size for mamba2-780m, 48 heads of 64):
         # recomputing it was one more launch per layer
@@ -431,10 +437,7 @@ def ssd_short_conv_folded(x_in, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan,
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (x_in, dt_raw, B, C, D, dt_bias, conv_weight, conv_bias)):
         raise ValueError("ssd_short_conv_folded is for inference: no gradient flows through it")
-    _check(x_in, B)
-    A = A.float().contiguous()
-    dt, cs = _dt_cumsum(dt_raw, dt_bias, A, plan, tuple(float(v) for v in dt_limit))
-    cb = _masked_cb(B, C, plan, x_in.dtype)
+    _, dt, cs, cb = _forward_inputs(x_in, dt_raw, A, B, C, dt_bias, plan, tuple(float(v) for v in dt_limit))
     return ssd_short_forward(x_in, dt, cs, cb, D, plan, conv=(conv_weight, conv_bias))
 
 
