@@ -19,6 +19,9 @@
 #                   fresh processes (the first compiles what the machine's cache lacks; the second is the figure)
 #   final OUT       bin/profile-predict (bf16, FP8; the conv fold switched the other way in the same process), then
 #                   the rerank command on 43,000 pairs in FP8 as two fresh processes (the second is the figure)
+#   gate OUT        the sixth session: GPU tests of the gated norm folded into the SSD, the model path and the norms;
+#                   bin/profile-predict (bf16, FP8; the gate fold switched the other way in the same process); the
+#                   rerank command on 43,000 pairs in FP8 as two fresh processes (the second is the figure)
 #   all OUT         the fourth session's single call: GPU tests of ops.rmsnorm and the model path,
 #                   bin/profile-predict (bf16, FP8), training at 128 and 384 pairs, the CLI in FP8 if time is left
 set -o pipefail
@@ -114,8 +117,17 @@ fold)
     grep "^==\|GPU idle" "$out/predict.txt"
     cli_fp8_twice 80
     ;;
+gate)
+    timeout 200 python3 -m pytest -q -s -m gpu tests/test_ssd_short.py tests/test_rmsnorm.py \
+        -k "gate_folded or model_scores or norm" > "$out/gpu-tests.txt" 2>&1
+    tail -1 "$out/gpu-tests.txt"
+    grep "gate folded\|tiny model" "$out/gpu-tests.txt" | head -4
+    timeout 170 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 3 --flip GATE_FOLD > "$out/predict.txt" 2>&1
+    grep "^==\|GPU idle\|GATE_FOLD" "$out/predict.txt"
+    cli_fp8_twice 60
+    ;;
 final)
-    timeout 170 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 3 --compare-fold > "$out/predict.txt" 2>&1
+    timeout 170 python3 bin/profile-predict $C --dtypes bf16,fp8 --repeats 3 --flip CONV_FOLD > "$out/predict.txt" 2>&1
     grep "^==\|GPU idle\|conv fold" "$out/predict.txt"
     cli_fp8_twice 60
     ;;

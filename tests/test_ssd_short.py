@@ -205,11 +205,11 @@ def test_interpreted_factored_forward_with_sequences_across_blocks(switches):
 
 
 def compare_conv_folded(lengths, block_t, device="cpu", dtype=torch.float32, seed=0, with_bias=True) -> dict:
-    """The depthwise conv + SiLU folded into the forward's x loads (`ssd_short_conv_folded`) against the conv stored
-    first (`ops.conv_packed`) and the SSD on its output: their max abs difference (0: the same tile function and the
-    same rounding) and the output's largest magnitude."""
+    """The depthwise conv + SiLU folded into the forward's x loads (`ssd_short_inference` with `conv`) against the
+    conv stored first (`ops.conv_packed`) and the SSD on its output: their max abs difference (0: the same tile
+    function and the same rounding) and the output's largest magnitude."""
     from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
-    from pyserini_ssm.ops.ssd_short import plan_short_ssd, ssd_short, ssd_short_conv_folded
+    from pyserini_ssm.ops.ssd_short import plan_short_ssd, ssd_short, ssd_short_inference
 
     (_, dt_raw, A, B, C, D, dt_bias), seq_idx = random_case(lengths, dtype=dtype, device=device, seed=seed)
     tokens, heads, head_dim = seq_idx.shape[0], 4, 16
@@ -225,9 +225,81 @@ def compare_conv_folded(lengths, block_t, device="cpu", dtype=torch.float32, see
     with torch.no_grad():
         x = packed_causal_conv1d(x_in, weight, bias, plan.seq_start).view(tokens, heads, head_dim)
         stored = ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan)
-        folded = ssd_short_conv_folded(x_in.view(tokens, heads, head_dim), dt_raw, A, B, C, D, dt_bias, plan,
-                                       weight, bias)
+        folded = ssd_short_inference(x_in.view(tokens, heads, head_dim), dt_raw, A, B, C, D, dt_bias, plan,
+                                     conv=(weight, bias))
     return {"max_abs": float((folded.double() - stored.double()).abs().max()), "scale": float(stored.abs().max())}
+
+
+def compare_gate_folded(lengths, block_t, device="cpu", dtype=torch.float32, seed=0, with_conv=False) -> dict:
+    """The gated RMSNorm folded into the forward (`ssd_short_inference` with `gate`, optionally with the conv
+    folded too): the rows its ScaledRows stand for against `gated_rmsnorm_reference` on the SSD's output (relative
+    error), and the same rows scaled inside `add_rmsnorm` against the reference add + norm of those rows."""
+    from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
+    from pyserini_ssm.ops.rmsnorm import (ScaledRows, add_rmsnorm, add_rmsnorm_reference, gated_rmsnorm_reference,
+                                          scaled_rows_reference)
+    from pyserini_ssm.ops.ssd_short import plan_short_ssd, ssd_short, ssd_short_inference
+
+    (x, dt_raw, A, B, C, D, dt_bias), seq_idx = random_case(lengths, dtype=dtype, device=device, seed=seed)
+    tokens, heads, head_dim = x.shape
+    width = heads * head_dim
+    generator = torch.Generator().manual_seed(seed + 3)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(device, dtype)
+
+    # z and the conv's input as the mixer has them: views of one wider in_proj output (row stride > H P)
+    projected = rand(tokens, 2 * width + 16)
+    z, x_in = projected[:, 8:8 + width], projected[:, 8 + width:8 + 2 * width]
+    norm_weight = (1 + 0.2 * torch.randn(width, generator=generator, dtype=torch.float64)).to(device, dtype)
+    conv_weight, conv_bias = rand(width, 4, scale=0.5), rand(width, scale=0.5)
+    plan = plan_short_ssd(seq_idx[None], tokens, torch.device(device), block_t=block_t)
+    with torch.no_grad():
+        if with_conv:
+            x = packed_causal_conv1d(x_in, conv_weight, conv_bias, plan.seq_start).view(tokens, heads, head_dim)
+        y = ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan)
+        normed_ref = gated_rmsnorm_reference(y.double().reshape(tokens, width), z.double(), norm_weight.double(),
+                                             1e-5)
+        g, sumsq = ssd_short_inference(x_in.view(tokens, heads, head_dim) if with_conv else x, dt_raw, A, B, C, D,
+                                       dt_bias, plan, conv=(conv_weight, conv_bias) if with_conv else None,
+                                       gate=(z, norm_weight))
+        rows = ScaledRows(g.view(1, tokens, width), sumsq, width, 1e-5)
+        residual = rand(1, tokens, width).float()
+        add_weight = (1 + 0.1 * torch.randn(width, generator=generator, dtype=torch.float64)).to(device, dtype)
+        out, summed = add_rmsnorm(rows, residual, add_weight, 1e-6)
+        out_ref, summed_ref = add_rmsnorm_reference(normed_ref[None], residual.double(), add_weight.double(), 1e-6)
+    return {
+        "normed": _relative(scaled_rows_reference(rows)[0], normed_ref),
+        "sumsq_shape": list(sumsq.shape) == [tokens, heads] and sumsq.dtype == torch.float32,
+        "add_out": _relative(out, out_ref), "add_residual": _relative(summed, summed_ref),
+        "scale": float(normed_ref.abs().max()),
+    }
+
+
+def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.double() - reference.double()).abs().max() / reference.double().abs().max())
+
+
+@pytest.mark.parametrize("with_conv", [False, True])
+def test_interpreted_gate_folded_into_the_forward_is_the_gated_norm(with_conv):
+    """Sequences of 1 token, crossing row blocks, exactly the tile: the norm's output that the folded gate's
+    ScaledRows stand for, and the residual add + norm that applies their row scale, against float64 references."""
+    call = f"t.compare_gate_folded([1, 32, 5, 3, 20, 12, 2, 1, 31], 32, with_conv={with_conv})"
+    errors = interpreted("test_ssd_short", call, env={"PYSERINI_SSM_SSD_BLOCK_M": "16"})
+    assert errors["scale"] > 0.1 and errors["sumsq_shape"], errors
+    for name in ("normed", "add_out", "add_residual"):
+        assert errors[name] < FP32_TOLERANCE, (name, errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_gate_folded_into_the_forward_is_the_gated_norm(dtype):
+    errors = compare_gate_folded([1, 256, 5, 101, 99, 1, 200, 64, 65, 31, 3], 256, device="cuda", dtype=dtype,
+                                 with_conv=True)
+    print("gate folded", dtype, errors)
+    # bf16: the reference norms the SSD output rounded to bf16, the fold the fp32 accumulator
+    tolerance = FP32_TOLERANCE if dtype == torch.float32 else 2e-2
+    for name in ("normed", "add_out", "add_residual"):
+        assert errors[name] < tolerance, (name, errors)
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -398,3 +470,40 @@ def test_gpu_model_scores_match_the_stock_path():
     assert error <= 1e-4
     assert torch.allclose(outputs["short-pooled"], ours, rtol=1e-5, atol=1e-5)
     assert torch.allclose(outputs["mamba_ssm-pooled"], stock)
+
+
+@pytest.mark.gpu
+def test_gpu_model_scores_with_the_gate_folded(monkeypatch):
+    """A tiny Mamba-2 scorer (fp32) through the short SSD: the gated norm folded into the SSD forward
+    (PYSERINI_SSM_GATE_FOLD, set here as the module attribute) gives the scores of the stored norm, pooled or not,
+    with the conv folded too or not; with grad the fold is off and the model trains."""
+    import pyserini_ssm.models.mamba2_mixer as mixer_module
+    from pyserini_ssm.models.mamba import build_mamba_backbone, tiny_hf_config
+
+    config = tiny_hf_config("mamba2", head_dim=16, num_heads=8, n_groups=1, state_size=16, chunk_size=256)
+    torch.manual_seed(0)
+    backbone = build_mamba_backbone(config, backend="cuda", device="cuda")
+    backbone.model.ssd_backend = "short"
+    lengths = [1, 256, 257, 30, 80, 3, 120]  # 512-token tiles, no sequence for the chunked scan
+    input_ids = torch.randint(1, config.vocab_size, (1, sum(lengths)), device="cuda")
+    seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
+                                      torch.tensor(lengths)).cuda()[None]
+    last = torch.tensor(np.cumsum(lengths) - 1, device="cuda")
+    outputs, kernels = {}, {}
+    for gate, conv in ((False, False), (True, False), (True, True)):
+        monkeypatch.setattr(mixer_module, "GATE_FOLD", gate)
+        monkeypatch.setattr(mixer_module, "CONV_FOLD", conv)
+        with torch.no_grad():
+            outputs[gate, conv] = backbone(input_ids, seq_idx=seq_idx)[0, last]
+            outputs[gate, conv, "pooled"] = backbone(input_ids, seq_idx=seq_idx, output_positions=last)[0]
+        kernels[gate, conv] = backbone.model.last_ssd_kernels
+    stored = outputs[False, False]
+    for key, value in outputs.items():
+        error = float((value - stored).abs().max() / stored.abs().max())
+        assert error <= 1e-5, (key, error)
+    assert "gated norm folded" in kernels[True, False] and "gated norm folded" not in kernels[False, False], kernels
+    assert "conv + SiLU of x folded" in kernels[True, True], kernels
+    monkeypatch.setattr(mixer_module, "GATE_FOLD", True)
+    backbone(input_ids, seq_idx=seq_idx)[0, last].sum().backward()  # training: the stored norm, differentiable
+    assert "gated norm folded" not in backbone.model.last_ssd_kernels
+    assert backbone.model.layers[0].mixer.norm.weight.grad is not None

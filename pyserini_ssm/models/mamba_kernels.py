@@ -202,14 +202,17 @@ class MambaKernelBackbone(nn.Module):
             seq_idx = seq_idx.to(device=input_ids.device, dtype=torch.int32).contiguous()
             mixer_kwargs["seq_idx"] = seq_idx
         plan = self._short_ssd_plan(input_ids, seq_idx, sequence_lengths)
-        fold_conv = False
+        lean_norms = plan is not None and self.norm_backend == "triton"
+        fold_conv = fold_gate = False
         if plan is not None:
-            from pyserini_ssm.models.mamba2_mixer import conv_folds, mamba2_mixer_forward
+            from pyserini_ssm.models.mamba2_mixer import conv_folds, gate_folds, mamba2_mixer_forward
 
             fold_conv = conv_folds(self, self.layers[0].mixer, plan)
+            fold_gate = gate_folds(self, self.layers[0].mixer, plan, lean_norms)
             if fold_conv:
                 self.last_ssd_kernels += ", conv + SiLU of x folded into the SSD"
-        lean_norms = plan is not None and self.norm_backend == "triton"
+            if fold_gate:
+                self.last_ssd_kernels += ", gated norm folded into the SSD"
         quantize = False
         if lean_norms:
             from pyserini_ssm.ops.fp8 import Fp8Linear
@@ -226,7 +229,7 @@ class MambaKernelBackbone(nn.Module):
                 continue
             positions = output_positions if index == last else None
             hidden = mamba2_mixer_forward(layer.mixer, hidden, plan, seq_idx, positions, lean_norm=lean_norms,
-                                          fold_conv=fold_conv)  # (1, L or K, D)
+                                          fold_conv=fold_conv, fold_gate=fold_gate)  # (1, L or K, D)
             if positions is not None:
                 residual = residual[:, positions]
         out = self._add_norm(self.norm_f, hidden, residual, lean_norms, prenorm=False)
@@ -237,8 +240,8 @@ class MambaKernelBackbone(nn.Module):
     def _add_norm(self, norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None, lean: bool,
                   prenorm: bool = True, quantize: bool = False) -> Any:
         """RMSNorm(hidden + residual) with `norm`'s weight and eps, and with `prenorm` the sum (the next residual,
-        fp32 when `residual_in_fp32`): `ops.rmsnorm` when `lean` (e4m3 codes for an Fp8Linear with `quantize`),
-        else mamba_ssm's fused `layer_norm_fn`."""
+        fp32 when `residual_in_fp32`): `ops.rmsnorm` when `lean` (e4m3 codes for an Fp8Linear with `quantize`;
+        `hidden` may be an `ops.rmsnorm.ScaledRows`), else mamba_ssm's fused `layer_norm_fn`."""
         if lean:
             out = add_rmsnorm(hidden, residual, norm.weight, norm.eps, residual_in_fp32=self.residual_in_fp32,
                               quantize=quantize)

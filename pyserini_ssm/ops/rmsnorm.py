@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -96,21 +96,30 @@ def _quantized_outputs(rows: int, n: int, device: torch.device, quantize: bool):
             torch.empty(rows, 1, device=device, dtype=torch.float32))
 
 
-def _add_forward(x2, r2, weight, eps, residual_dtype, quantize: bool = False):
+def _add_forward(x2, r2, weight, eps, residual_dtype, quantize: bool = False, scaled: "ScaledRows | None" = None):
+    import triton
+
     rows, n = x2.shape
-    store = r2 is not None or residual_dtype != x2.dtype
+    store = r2 is not None or residual_dtype != x2.dtype or scaled is not None
     q, scale = _quantized_outputs(rows, n, x2.device, quantize)
     y = torch.empty_like(x2) if not quantize else None
     ro = torch.empty(rows, n, device=x2.device, dtype=residual_dtype) if store else x2
     rstd = torch.empty(rows, device=x2.device, dtype=torch.float32)
     block, rows_at_once = _block(n, FORWARD_VALUES)
+    sums = scaled.sumsq if scaled is not None else rstd
+    if scaled is not None and (sums.shape[0] != rows or sums.stride(-1) != 1 or sums.dtype != torch.float32):
+        raise ValueError(f"ScaledRows: sumsq {tuple(sums.shape)} {sums.dtype} does not give one fp32 row of sums "
+                         f"for each of the {rows} rows")
+    parts = sums.shape[1] if scaled is not None else 1
     _kernels()[0][(-(-rows // rows_at_once),)](
         x2, r2 if r2 is not None else x2, weight, y if y is not None else x2, ro, rstd,
-        q if q is not None else x2, scale if scale is not None else rstd, rows, n, x2.stride(0),
+        q if q is not None else x2, scale if scale is not None else rstd, sums, rows, n, x2.stride(0),
         r2.stride(0) if r2 is not None else 0, y.stride(0) if y is not None else 0, ro.stride(0),
-        q.stride(0) if q is not None else 0, float(eps),
-        HAS_R=r2 is not None, STORE_RO=store, QUANT=quantize, ROUND=_round_code(x2.dtype), ROWS=rows_at_once,
-        BN=block, num_warps=WARPS)
+        q.stride(0) if q is not None else 0, sums.stride(0) if scaled is not None else 0, parts,
+        float(scaled.width) if scaled is not None else 1.0, float(scaled.eps) if scaled is not None else 0.0,
+        float(eps), HAS_R=r2 is not None, STORE_RO=store, QUANT=quantize, ROUND=_round_code(x2.dtype),
+        ROWS=rows_at_once, BN=block, X_SCALED=scaled is not None, PB=triton.next_power_of_2(parts),
+        num_warps=WARPS)
     return (y if not quantize else (q, scale)), ro, rstd
 
 
@@ -147,21 +156,45 @@ class AddRMSNormFn(torch.autograd.Function):
         return dx.view(ctx.shape), dresidual, dw.sum(0).to(weight.dtype), None, None
 
 
-def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+class ScaledRows(NamedTuple):
+    """Rows `values` (..., N) that stand for values * rstd, rstd = 1 / sqrt(sum(sumsq[row]) / width + eps) per row:
+    a mixer's output whose gated RMSNorm left its row scale for later (`ops.ssd_short.ssd_short_inference` with
+    `gate`: out_proj(g rstd) = rstd out_proj(g) for a bias-free out_proj). `add_rmsnorm` applies it."""
+
+    values: torch.Tensor  # (..., N)
+    sumsq: torch.Tensor  # (rows, parts) fp32: partial sums of squares of the gated values, per row
+    width: int  # how many values those sums cover (the gated norm's width)
+    eps: float  # the gated norm's eps
+
+
+def scaled_rows_reference(rows: ScaledRows) -> torch.Tensor:
+    """The rows a ScaledRows stands for, in fp32."""
+    rstd = torch.rsqrt(rows.sumsq.double().sum(-1) / rows.width + rows.eps).float()
+    return rows.values.float() * rstd.view(*rows.values.shape[:-1], 1)
+
+
+def add_rmsnorm(x: torch.Tensor | ScaledRows, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
                 residual_in_fp32: bool = True, quantize: bool = False) -> tuple[Any, torch.Tensor]:
     """(y, r): y = RMSNorm(x + residual) * weight in x's dtype, r = x + residual (the next layer's residual: fp32
     when `residual_in_fp32` and residual is None, else residual's dtype), as mamba_ssm's
     `layer_norm_fn(x, weight, None, residual, prenorm=True, residual_in_fp32, eps, is_rms_norm=True)`.
 
     `quantize` (inference): y as `ops.fp8.QuantizedRows`, e4m3 codes and per-row scales written by the norm kernel
-    itself, for an `Fp8Linear` next (the codes `quantize_rowwise` gives for y, without y's write and read)."""
+    itself, for an `Fp8Linear` next (the codes `quantize_rowwise` gives for y, without y's write and read).
+    x as `ScaledRows` (inference): its row scale is applied as x is read (the sum is then kept in fp32 even when
+    `residual` is None)."""
+    scaled = x if isinstance(x, ScaledRows) else None
+    if scaled is not None:
+        x = scaled.values
     residual_dtype = residual.dtype if residual is not None else (torch.float32 if residual_in_fp32 else x.dtype)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, weight)):
-        if quantize:
-            raise ValueError("FP8 outputs are for inference: no gradient flows through them")
+        if quantize or scaled is not None:
+            raise ValueError("FP8 outputs and ScaledRows are for inference: no gradient flows through them")
         return AddRMSNormFn.apply(x, residual, weight, eps, residual_dtype)
+    if scaled is not None and residual is None:
+        residual_dtype = torch.float32  # the scaled rows exist only in the kernel: stored, not aliased to x
     y, ro, _ = _add_forward(_rows(x), _rows(residual) if residual is not None else None, weight, eps,
-                            residual_dtype, quantize)
+                            residual_dtype, quantize, scaled)
     return _shaped(y, x.shape), ro.view(x.shape)
 
 

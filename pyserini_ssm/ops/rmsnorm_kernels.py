@@ -56,11 +56,19 @@ def _store_normed(out, rstd, ok, row_ok, row_index, out_offsets, q_offsets, out_
 
 
 @triton.jit(do_not_specialize=["M"])
-def add_rmsnorm_fwd(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, rstd_ptr, q_ptr, scale_ptr, M, N, s_x, s_r, s_y, s_ro, s_q,
-                    eps, HAS_R: tl.constexpr, STORE_RO: tl.constexpr, QUANT: tl.constexpr, ROUND: tl.constexpr,
-                    ROWS: tl.constexpr, BN: tl.constexpr):
+def add_rmsnorm_fwd(x_ptr, r_ptr, w_ptr, y_ptr, ro_ptr, rstd_ptr, q_ptr, scale_ptr, ss_ptr, M, N, s_x, s_r, s_y,
+                    s_ro, s_q, s_ss, parts, width, eps_x, eps,
+                    HAS_R: tl.constexpr, STORE_RO: tl.constexpr, QUANT: tl.constexpr, ROUND: tl.constexpr,
+                    ROWS: tl.constexpr, BN: tl.constexpr, X_SCALED: tl.constexpr, PB: tl.constexpr):
+    # X_SCALED: x stands for x * rstd_x, rstd_x = 1 / sqrt(sum of the row's `parts` partial sums of squares (ss,
+    # (M, parts) fp32) / width + eps_x): the gated RMSNorm's row scale, applied after a bias-free out_proj
     row_index, rows, row_ok, ok, cols = _row_block(tl.program_id(0) * ROWS, M, N, ROWS, BN)
     x = tl.load(x_ptr + rows * s_x + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    if X_SCALED:
+        offs_s = tl.arange(0, PB)
+        ss = tl.load(ss_ptr + rows * s_ss + offs_s[None, :], mask=row_ok[:, None] & (offs_s < parts)[None, :],
+                     other=0.0)
+        x = x * (1.0 / tl.sqrt(tl.sum(ss, axis=1) / width + eps_x))[:, None]
     if HAS_R:
         x += tl.load(r_ptr + rows * s_r + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     if STORE_RO:

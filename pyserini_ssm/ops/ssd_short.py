@@ -66,6 +66,9 @@ FWD_VARIANTS = ("default", "factored", "wide")
 if FWD_VARIANT not in FWD_VARIANTS or DT_LAYOUT not in ("th", "ht"):
     raise ValueError(f"PYSERINI_SSM_SSD_FWD must be one of {FWD_VARIANTS} and PYSERINI_SSM_SSD_DT_LAYOUT th or ht, "
                      f"got {FWD_VARIANT!r} and {DT_LAYOUT!r}")
+# With the gated norm folded into the forward (ops.ssd_short.ssd_short_inference's `gate`): the gate z loaded with
+# the row's other loads (1) or in the epilogue where it is used (0)
+GATE_EARLY = os.environ.get("PYSERINI_SSM_SSD_GATE_EARLY", "1") == "1"
 # dt and its cumulative sum: one program per (tile, block of this many heads), with this many warps
 DT_HEADS_BLOCK = int(os.environ.get("PYSERINI_SSM_SSD_DT_HEADS", "16"))
 DT_WARPS = int(os.environ.get("PYSERINI_SSM_SSD_DT_WARPS", "4"))
@@ -268,18 +271,29 @@ def _forward_inputs(x, dt_raw, A, B, C, dt_bias, plan: ShortSSDPlan, dt_limit):
 
 
 def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = True,
-                      conv: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+                      conv: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                      gate: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Y (T, H, P) for the tiled tokens (zeros at long-sequence tokens when `fill_long`, else left unwritten).
     x (T, H, P), dt/cs (T, H) fp32 from `_dt_cumsum`, cb from `_masked_cb`, D (H,) or None.
 
     `conv` = (weight (H P, W), bias (H P,) or None): x is the depthwise causal conv's input, and the SSD reads
-    silu(conv(x)) (restarted per sequence, rounded to x's dtype) as it loads x (the "factored" forward only)."""
+    silu(conv(x)) (restarted per sequence, rounded to x's dtype) as it loads x (the "factored" forward only).
+    `gate` = (z (T, H P) with a unit last stride, norm weight (H P,)): (Y silu(z) weight, sumsq (T, H) fp32 the
+    per-head sums of (Y silu(z))^2) instead of Y (the "factored" forward only; see `ssd_short_inference`)."""
     kernels = _kernels()
     tokens, heads, head_dim = x.shape
     groups = cb.shape[1]
     if conv is not None and (FWD_VARIANT != "factored" or x.stride(1) != head_dim):
         raise ValueError("the conv is folded into the factored forward only, over heads contiguous in memory")
+    if gate is not None and (FWD_VARIANT != "factored" or gate[0].stride(-1) != 1
+                             or gate[0].shape != (tokens, heads * head_dim)):
+        raise ValueError("the gate is folded into the factored forward only, z (T, H P) with a unit last stride")
     y = torch.empty(tokens, heads, head_dim, device=x.device, dtype=x.dtype)
+    # every tile token's sums are written; long-sequence tokens (only with fill_long) get 0
+    sumsq = (None if gate is None else
+             (torch.zeros if plan.long_index is not None else torch.empty)(tokens, heads, device=x.device,
+                                                                           dtype=torch.float32))
     if fill_long and plan.long_index is not None:
         y[plan.long_index] = 0
     if plan.tiles:
@@ -304,13 +318,16 @@ def ssd_short_forward(x, dt, cs, cb, D, plan: ShortSSDPlan, fill_long: bool = Tr
             if FWD_VARIANT in ("factored", "wide"):
                 folded = conv is not None
                 weight, bias = conv if folded else (x, None)  # unread placeholders when not folded
+                z, norm_weight = gate if gate is not None else (x, x)
                 kernels.fwd_factored[grid](
                     *args, weight, bias if bias is not None else weight, weight.stride(0) if folded else 0,
-                    weight.stride(1) if folded else 0, **common, CONV=folded,
-                    CONV_W=weight.shape[1] if folded else 1, CONV_BIAS=bias is not None)
+                    weight.stride(1) if folded else 0, z, z.stride(0) if gate is not None else 0, norm_weight,
+                    sumsq if sumsq is not None else dt, **common, CONV=folded,
+                    CONV_W=weight.shape[1] if folded else 1, CONV_BIAS=bias is not None, GATE=gate is not None,
+                    GATE_EARLY=GATE_EARLY)
             else:
                 kernels.fwd[grid](*args, **common)
-    return y
+    return y if gate is None else (y, sumsq)
 
 
 class ShortSSDFn(torch.autograd.Function):
@@ -425,20 +442,29 @@ def dt_chain_reference(rowsum, colsum, ddt_x, ddd, dt, dt_raw, A, dt_bias, seq_e
     return ddt_raw, dA, ddt_raw.double().sum(0), ddd.double().sum(0)
 
 
-def ssd_short_conv_folded(x_in, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan, conv_weight: torch.Tensor,
-                          conv_bias: torch.Tensor | None,
-                          dt_limit: tuple[float, float] = (0.0, float("inf"))) -> torch.Tensor:
-    """`ssd_short(silu(conv(x_in)), ...)` for inference, the conv folded into the forward's x loads: x_in (T, H, P)
-    is the depthwise causal conv's input over x's channels (a view of the in_proj output, heads contiguous),
-    conv_weight (H P, W <= 4) and conv_bias (H P,) or None its parameters for those channels; B and C are already
-    convolved. No gradient; a row with sequences longer than the tile is refused (their chunked scan needs x)."""
+def ssd_short_inference(x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan,
+                        dt_limit: tuple[float, float] = (0.0, float("inf")),
+                        conv: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                        gate: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`ssd_short` for inference (no gradient), with the work around it folded into the forward kernel:
+
+    - `conv` = (weight (H P, W <= 4), bias (H P,) or None): x (T, H, P) is the depthwise causal conv's input over
+      x's channels (a view of the in_proj output, heads contiguous), and the kernel applies conv + SiLU as it loads
+      x (B and C are already convolved).
+    - `gate` = (z (T, H P), the gated RMSNorm's weight (H P,)): returns (g, sumsq), g = Y silu(z) weight (T, H, P)
+      in x's dtype and sumsq (T, H) fp32 the per-head sums of (Y silu(z))^2. The norm's output is g rstd with
+      rstd = 1 / sqrt(sum_h sumsq / (H P) + eps) per token, a row scale that commutes with a bias-free out_proj
+      (`ops.rmsnorm.ScaledRows` applies it in the next residual add).
+
+    Every sequence must be in a tile: a row with longer ones is refused (their chunked scan reads stored x)."""
     if plan.long_index is not None:
-        raise ValueError("the folded conv needs every sequence in a tile (no long sequences)")
+        raise ValueError("the folded conv and gate need every sequence in a tile (no long sequences)")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (x_in, dt_raw, B, C, D, dt_bias, conv_weight, conv_bias)):
-        raise ValueError("ssd_short_conv_folded is for inference: no gradient flows through it")
-    _, dt, cs, cb = _forward_inputs(x_in, dt_raw, A, B, C, dt_bias, plan, tuple(float(v) for v in dt_limit))
-    return ssd_short_forward(x_in, dt, cs, cb, D, plan, conv=(conv_weight, conv_bias))
+                                       for t in (x, dt_raw, B, C, D, dt_bias, *(conv or ()), *(gate or ()))):
+        raise ValueError("ssd_short_inference is for inference: no gradient flows through it")
+    _, dt, cs, cb = _forward_inputs(x, dt_raw, A, B, C, dt_bias, plan, tuple(float(v) for v in dt_limit))
+    return ssd_short_forward(x, dt, cs, cb, D, plan, conv=conv, gate=gate)
 
 
 def ssd_short(x, dt_raw, A, B, C, D, dt_bias, plan: ShortSSDPlan,

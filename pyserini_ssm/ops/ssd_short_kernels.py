@@ -171,16 +171,20 @@ def _x_rows(x_ptr, rows, row_ok, h, s_x_t, s_x_h, seq_start_ptr, xw_ptr, xb_ptr,
 @triton.jit
 def fwd_factored_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr,
                         tile_end_ptr, s_x_t, s_x_h, s_y_t, s_y_h, s_dt_t, s_dt_h, heads, heads_per_group, groups,
-                        xw_ptr, xb_ptr, s_xw_c, s_xw_k,
+                        xw_ptr, xb_ptr, s_xw_c, s_xw_k, z_ptr, s_z_t, nw_ptr, sumsq_ptr,
                         P: tl.constexpr, BM: tl.constexpr, NB: tl.constexpr, BT: tl.constexpr,
                         HAS_D: tl.constexpr, DOT_PRECISION: tl.constexpr, LOADED_BOUNDS: tl.constexpr,
-                        HC: tl.constexpr, CONV: tl.constexpr, CONV_W: tl.constexpr, CONV_BIAS: tl.constexpr):
+                        HC: tl.constexpr, CONV: tl.constexpr, CONV_W: tl.constexpr, CONV_BIAS: tl.constexpr,
+                        GATE: tl.constexpr, GATE_EARLY: tl.constexpr):
     # As fwd_kernel, but only the diagonal block pays the full (BM, BM) masked exp. Off the diagonal (j < i,
     # whole blocks before the rows) exp(cs_t - cs_s) = u_t v_s with e = cs[r0 - 1]: u = exp(cs_t - e) and
     # v = exp(e - cs_s), both <= 1 (cs never increases: A < 0, dt >= 0), so nothing overflows and the products
     # that underflow are those whose true value does. Y_i = L_ii o CB_ii (dt X_i) + u o sum_j CB_ij (v dt X_j).
     # With CONV (inference) x_ptr is the conv's input: every x tile goes through the causal conv + SiLU on its way
     # in (`_x_rows`), and the conv's x channels are never stored.
+    # With GATE (inference) the gated RMSNorm's row-local part runs here: g = y silu(z) (z: the head's columns of
+    # in_proj's gate, row stride s_z_t), sumsq[t, h] = sum_p g^2 (fp32, (T, H)), and g * norm weight is stored
+    # instead of y; the row's rstd (all heads' sums) is applied after out_proj (ops.rmsnorm's ScaledRows).
     h0 = tl.program_id(0) * HC
     block = tl.program_id(1)
     tile = tl.program_id(2)
@@ -203,6 +207,9 @@ def fwd_factored_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_p
         dt_i = tl.load(dt_ptr + rows * s_dt_t + h * s_dt_h, mask=row_ok, other=0.0)
         x_i = _x_rows(x_ptr, rows, row_ok, h, s_x_t, s_x_h, seq_start_ptr, xw_ptr, xb_ptr, s_xw_c, s_xw_k, P,
                       CONV, CONV_W, CONV_BIAS)
+        if GATE and GATE_EARLY:  # issued with the row's other loads (held in registers through the loop)
+            z_i = tl.load(z_ptr + rows[:, None] * s_z_t + h * P + offs_p[None, :], mask=row_ok[:, None],
+                          other=0.0).to(tl.float32)
         cb = tl.load(cb_row + block * BM + offs_m[None, :]).to(tl.float32)
         m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_i[None, :], 0.0)) * dt_i[None, :]  # dt folded in
         acc = tl.dot(m.to(dtype), x_i, input_precision=DOT_PRECISION)
@@ -235,6 +242,13 @@ def fwd_factored_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_p
             acc += tl.exp(tl.minimum(cs_i - e, 0.0))[:, None] * off
         if HAS_D:
             acc += tl.load(D_ptr + h).to(tl.float32) * x_i.to(tl.float32)
+        if GATE:
+            if not GATE_EARLY:  # loaded where it is used: fewer registers held through the column loop
+                z_i = tl.load(z_ptr + rows[:, None] * s_z_t + h * P + offs_p[None, :], mask=row_ok[:, None],
+                              other=0.0).to(tl.float32)
+            acc = acc * (z_i * tl.sigmoid(z_i))
+            tl.store(sumsq_ptr + rows * heads + h, tl.sum(acc * acc, axis=1), mask=row_ok)
+            acc = acc * tl.load(nw_ptr + h * P + offs_p).to(tl.float32)[None, :]
         tl.store(y_ptr + rows[:, None] * s_y_t + h * s_y_h + offs_p[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=row_ok[:, None])
 
