@@ -92,23 +92,23 @@ def mamba2_mixer_forward(
     dt_raw = dt_raw.squeeze(0)  # (T, H)
     A = -torch.exp(mixer.A_log.float())  # (H,)
     dt_limit = tuple(float(v) for v in mixer.dt_limit)
+    if fold_conv:
+        xbc = xbc.squeeze(0)  # (T, C) the conv's input
+        weight, bias = mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias  # (C, W), (C,)
+        from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
+
+        bc = packed_causal_conv1d(xbc[:, d_ssm:], weight[d_ssm:], bias[d_ssm:] if bias is not None else None,
+                                  plan.seq_start)  # (T, 2 G N): only B and C are stored
+        B, C = (part.view(tokens, groups, state) for part in torch.split(bc, [groups * state] * 2, dim=-1))
+        x = xbc[:, :d_ssm].view(tokens, heads, head_dim)  # the conv's input: the SSD convolves it as it loads it
+        conv = (weight[:d_ssm], bias[:d_ssm] if bias is not None else None)
+    else:
+        x, B, C = _split_xbc(mixer, _conv_silu(mixer, xbc.squeeze(0), plan, seq_idx), tokens)
+        conv = None
     if fold_conv or fold_gate:
         from pyserini_ssm.ops.ssd_short import ssd_short_inference
 
         gate = (z.squeeze(0), mixer.norm.weight) if fold_gate else None
-        if fold_conv:
-            xbc = xbc.squeeze(0)  # (T, C) the conv's input
-            weight, bias = mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias  # (C, W), (C,)
-            from pyserini_ssm.ops.conv_packed import packed_causal_conv1d
-
-            bc = packed_causal_conv1d(xbc[:, d_ssm:], weight[d_ssm:], bias[d_ssm:] if bias is not None else None,
-                                      plan.seq_start)  # (T, 2 G N): only B and C are stored
-            B, C = (part.view(tokens, groups, state) for part in torch.split(bc, [groups * state] * 2, dim=-1))
-            x = xbc[:, :d_ssm].view(tokens, heads, head_dim)
-            conv = (weight[:d_ssm], bias[:d_ssm] if bias is not None else None)
-        else:
-            x, B, C = _split_xbc(mixer, _conv_silu(mixer, xbc.squeeze(0), plan, seq_idx), tokens)
-            conv = None
         y = ssd_short_inference(x, dt_raw, A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, conv=conv, gate=gate)
         if fold_gate:  # y: g = SSD silu(z) weight; the norm's rstd comes from the per-head sums of squares
             y, sumsq = y
@@ -119,7 +119,6 @@ def mamba2_mixer_forward(
                 y, sumsq = y[:, output_positions], sumsq[output_positions]
             return ScaledRows(mixer.out_proj(y), sumsq, d_ssm, float(mixer.norm.eps))
     else:
-        x, B, C = _split_xbc(mixer, _conv_silu(mixer, xbc.squeeze(0), plan, seq_idx), tokens)
         y = ssd_short(x, dt_raw, A, B, C, mixer.D, mixer.dt_bias, plan, dt_limit, fill_long=False)  # (T, H, P)
         if plan.long_index is not None:  # in place: no copy of the whole row (y is not saved by ShortSSDFn)
             y.index_copy_(0, plan.long_index, _long_ssd(mixer, x, dt_raw, A, B, C, plan, dt_limit))

@@ -100,6 +100,7 @@ def _add_forward(x2, r2, weight, eps, residual_dtype, quantize: bool = False, sc
     import triton
 
     rows, n = x2.shape
+    # the sum is stored unless it is x itself (scaled rows exist only inside the kernel: never aliased to x)
     store = r2 is not None or residual_dtype != x2.dtype or scaled is not None
     q, scale = _quantized_outputs(rows, n, x2.device, quantize)
     y = torch.empty_like(x2) if not quantize else None
@@ -181,8 +182,7 @@ def add_rmsnorm(x: torch.Tensor | ScaledRows, residual: torch.Tensor | None, wei
 
     `quantize` (inference): y as `ops.fp8.QuantizedRows`, e4m3 codes and per-row scales written by the norm kernel
     itself, for an `Fp8Linear` next (the codes `quantize_rowwise` gives for y, without y's write and read).
-    x as `ScaledRows` (inference): its row scale is applied as x is read (the sum is then kept in fp32 even when
-    `residual` is None)."""
+    x as `ScaledRows` (inference): its row scale is applied as x is read."""
     scaled = x if isinstance(x, ScaledRows) else None
     if scaled is not None:
         x = scaled.values
@@ -191,8 +191,6 @@ def add_rmsnorm(x: torch.Tensor | ScaledRows, residual: torch.Tensor | None, wei
         if quantize or scaled is not None:
             raise ValueError("FP8 outputs and ScaledRows are for inference: no gradient flows through them")
         return AddRMSNormFn.apply(x, residual, weight, eps, residual_dtype)
-    if scaled is not None and residual is None:
-        residual_dtype = torch.float32  # the scaled rows exist only in the kernel: stored, not aliased to x
     y, ro, _ = _add_forward(_rows(x), _rows(residual) if residual is not None else None, weight, eps,
                             residual_dtype, quantize, scaled)
     return _shaped(y, x.shape), ro.view(x.shape)

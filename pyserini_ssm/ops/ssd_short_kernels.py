@@ -169,6 +169,14 @@ def _x_rows(x_ptr, rows, row_ok, h, s_x_t, s_x_h, seq_start_ptr, xw_ptr, xb_ptr,
 
 
 @triton.jit
+def _gate_rows(z_ptr, rows, row_ok, h, s_z_t, P: tl.constexpr):
+    """Head h's columns of the gate z (len(rows), P) in fp32, 0 at rows outside `row_ok` (z's heads contiguous)."""
+    offs_p = tl.arange(0, P)
+    return tl.load(z_ptr + rows[:, None] * s_z_t + h * P + offs_p[None, :], mask=row_ok[:, None],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def fwd_factored_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_ptr, tile_start_ptr,
                         tile_end_ptr, s_x_t, s_x_h, s_y_t, s_y_h, s_dt_t, s_dt_h, heads, heads_per_group, groups,
                         xw_ptr, xb_ptr, s_xw_c, s_xw_k, z_ptr, s_z_t, nw_ptr, sumsq_ptr,
@@ -208,8 +216,7 @@ def fwd_factored_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_p
         x_i = _x_rows(x_ptr, rows, row_ok, h, s_x_t, s_x_h, seq_start_ptr, xw_ptr, xb_ptr, s_xw_c, s_xw_k, P,
                       CONV, CONV_W, CONV_BIAS)
         if GATE and GATE_EARLY:  # issued with the row's other loads (held in registers through the loop)
-            z_i = tl.load(z_ptr + rows[:, None] * s_z_t + h * P + offs_p[None, :], mask=row_ok[:, None],
-                          other=0.0).to(tl.float32)
+            z_i = _gate_rows(z_ptr, rows, row_ok, h, s_z_t, P)
         cb = tl.load(cb_row + block * BM + offs_m[None, :]).to(tl.float32)
         m = cb * tl.exp(tl.minimum(cs_i[:, None] - cs_i[None, :], 0.0)) * dt_i[None, :]  # dt folded in
         acc = tl.dot(m.to(dtype), x_i, input_precision=DOT_PRECISION)
@@ -244,8 +251,7 @@ def fwd_factored_kernel(x_ptr, cb_ptr, dt_ptr, cs_ptr, D_ptr, y_ptr, seq_start_p
             acc += tl.load(D_ptr + h).to(tl.float32) * x_i.to(tl.float32)
         if GATE:
             if not GATE_EARLY:  # loaded where it is used: fewer registers held through the column loop
-                z_i = tl.load(z_ptr + rows[:, None] * s_z_t + h * P + offs_p[None, :], mask=row_ok[:, None],
-                              other=0.0).to(tl.float32)
+                z_i = _gate_rows(z_ptr, rows, row_ok, h, s_z_t, P)
             acc = acc * (z_i * tl.sigmoid(z_i))
             tl.store(sumsq_ptr + rows * heads + h, tl.sum(acc * acc, axis=1), mask=row_ok)
             acc = acc * tl.load(nw_ptr + h * P + offs_p).to(tl.float32)[None, :]
